@@ -1,0 +1,36 @@
+# Swarm Diffusion. `make demo` and `make test` install what they need into .venv themselves.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU machines take the local CPU wheel; a CUDA host can set TORCH_SPEC / PIP_EXTRA_INDEX_URL for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PROTOS := $(wildcard protos/swarm/v1/*.proto)
+NAME ?=
+
+.PHONY: venv proto demo test bench host clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+# Regenerate the checked-in gRPC stubs (tests/unit/test_protos.py fails when they drift from protos/).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+demo: $(STAMP)
+	$(BIN)/swarm demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(NAME)
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

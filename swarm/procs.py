@@ -1,0 +1,85 @@
+"""Starting services as child processes and knowing when they are ready.
+
+Every long-running command takes `--ready-file PATH`: once it serves, it writes a JSON object there (its bound
+addresses, ports, multiaddrs). Port 0 works everywhere, so tests and the demo never race for fixed ports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swarm.logs import get_logger
+
+logger = get_logger(__name__)
+
+
+def write_ready_file(path: str | os.PathLike | None, **info: Any) -> None:
+    """Atomically publish what a service bound, so a parent can read it the moment it appears."""
+    if not path:
+        return
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **info}))
+    os.replace(tmp, path)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    popen: subprocess.Popen
+    ready_file: Path
+    log_path: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def wait_ready(self, *, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                self.info = json.loads(self.ready_file.read_text())
+                return self.info
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.popen.returncode} before it was ready"
+                                   + self._log_tail())
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} was not ready after {timeout:.0f} s" + self._log_tail())
+
+    def _log_tail(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return "\n--- last lines of its log ---\n" + "\n".join(self.log_path.read_text().splitlines()[-30:])
+        return ""
+
+    def stop(self, *, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
+        """Ask politely (SIGTERM lets trainers release leases and save), then kill."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning(f"{self.name} did not stop in {timeout:.0f} s; killing it")
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+
+def start_service(name: str, args: list[str], *, workdir: str | os.PathLike, log_to_file: bool = True,
+                  env: dict[str, str] | None = None) -> ServiceProcess:
+    """Run `python -m swarm <args> --ready-file <workdir>/<name>.ready.json` as a child process."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready_file = workdir / f"{name}.ready.json"
+    ready_file.unlink(missing_ok=True)
+    log_path = workdir / f"{name}.log" if log_to_file else None
+    stdout = open(log_path, "ab") if log_path else None
+    popen = subprocess.Popen([sys.executable, "-m", "swarm", *args, "--ready-file", str(ready_file)],
+                             stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
+                             env={**os.environ, **(env or {})})
+    if stdout:
+        stdout.close()
+    return ServiceProcess(name=name, popen=popen, ready_file=ready_file, log_path=log_path)

@@ -1,0 +1,97 @@
+"""gRPC plumbing shared by the services: servers with the standard health service, channels, join-token metadata."""
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+TOKEN_HEADER = "authorization"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Keepalive so a dead peer's stream is noticed, and long server streams survive idle NATs.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return ((TOKEN_HEADER, f"Bearer {token}"),) if token else ()
+
+
+def token_from_metadata(metadata: Iterable[tuple[str, str]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == TOKEN_HEADER:
+            return value[len("Bearer "):].strip() if value.startswith("Bearer ") else value.strip()
+    return None
+
+
+def _abort_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(request, context):
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Rejects every call but the health service unless its token passes `check(token) -> error message or None`."""
+
+    def __init__(self, check: Callable[[str | None], str | None]):
+        self._check = check
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        error = self._check(token_from_metadata(handler_call_details.invocation_metadata))
+        if error is not None:
+            handler = continuation(handler_call_details)
+            if handler is not None and handler.response_streaming:
+                def abort_stream(request, context):
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, error)
+                    yield  # pragma: no cover
+
+                if handler.request_streaming:
+                    return grpc.stream_stream_rpc_method_handler(abort_stream)
+                return grpc.unary_stream_rpc_method_handler(abort_stream)
+            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, error)
+        return continuation(handler_call_details)
+
+
+def make_server(*, max_workers: int = 16, interceptors: Iterable[grpc.ServerInterceptor] = ()
+                ) -> tuple[grpc.Server, health.HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=list(interceptors),
+                         options=CHANNEL_OPTIONS)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+def bind(server: grpc.Server, address: str) -> str:
+    """Bind `host:port` (port 0 picks a free one) and return the address actually bound."""
+    host, _, port = address.rpartition(":")
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"could not listen on {address}: is the port in use?")
+    return f"{host}:{bound}"
+
+
+def set_serving(health_servicer: health.HealthServicer, *services: str) -> None:
+    for name in ("", *services):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def wait_healthy(address: str, *, timeout: float = 30.0) -> None:
+    """Block until the server at `address` answers SERVING on the standard health service."""
+    with channel(address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=timeout)
+        response = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"{address} is not serving (status {response.status})")
