@@ -1,2 +1,173 @@
-def register(subparsers):
-    pass
+"""`swarm host`: the host's side of a swarm (coordinator, dataset service, bootstrap DHT) as three child processes.
+
+The same `start_host` serves `swarm demo` and the end-to-end tests, on loopback with port 0. In Docker Compose each
+service runs in its own container instead; this command is for hosts without Docker and for trying things out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swarm.logs import get_logger
+from swarm.procs import ServiceProcess, free_port, start_service, write_ready_file
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class HostServices:
+    workdir: Path
+    bootstrap: ServiceProcess
+    coordinator: ServiceProcess
+    dataset: ServiceProcess
+    bootstrap_maddrs: list[str] = field(default_factory=list)
+    coordinator_address: str = ""
+    dataset_address: str = ""
+
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        return [self.dataset, self.coordinator, self.bootstrap]
+
+    def metrics_ports(self) -> dict[str, int]:
+        return {p.name: p.info["metrics_port"] for p in self.processes}
+
+    def stop(self) -> None:
+        for proc in self.processes:  # dataset first: it calls the coordinator, which the DHT outlives
+            proc.stop()
+
+
+def _connect_address(bound: str, public_host: str | None) -> str:
+    """The address clients dial: a wildcard bind is reached through the public host (or loopback)."""
+    host, _, port = bound.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = public_host or "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, run_id: str = "swarm-diffusion",
+               index_path: str | None = None, storage: str | None = None, s3_endpoint_url: str | None = None,
+               bind_host: str = "0.0.0.0", public_host: str | None = None, coordinator_port: int = 50051,
+               dataset_port: int = 50052, dht_port: int = 31337, dht_announce_maddrs: list[str] | None = None,
+               metrics_ports: tuple[int, int, int] = (9100, 9101, 9103), lease_ttl: float | None = None,
+               peer_ttl: float | None = None, heartbeat_interval: float | None = None,
+               ready_timeout: float = 120.0) -> HostServices:
+    """Start bootstrap DHT, coordinator and dataset service; return once all three serve."""
+    from swarm_coordinator.tokens import create_token
+
+    # The coordinator and the dataset service each need the other's address before either is up, so port 0 is
+    # resolved to a free port here rather than by the services themselves.
+    coordinator_port = coordinator_port or free_port()
+    dataset_port = dataset_port or free_port()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_path = workdir / "coordinator.sqlite"
+    index_path = index_path or str(workdir / "dataset.sqlite")
+    storage = storage or f"file://{workdir / 'objects'}"
+    coordinator_metrics, dataset_metrics, dht_metrics = metrics_ports
+    logs = workdir / "logs"
+
+    started: list[ServiceProcess] = []
+    try:
+        bootstrap = start_service("bootstrap-dht", [
+            "bootstrap-dht", "--identity-path", str(workdir / "bootstrap.key"),
+            "--host-maddrs", f"/ip4/{bind_host}/tcp/{dht_port}", "--metrics-port", str(dht_metrics),
+            *(["--announce-maddrs", *dht_announce_maddrs] if dht_announce_maddrs else []),
+        ], workdir=logs)
+        started.append(bootstrap)
+        maddrs = bootstrap.wait_ready(timeout=ready_timeout)["multiaddrs"]
+
+        # The dataset service checks tokens against the coordinator, and the coordinator lists the dataset with a
+        # token of its own: a host-internal token, created fresh each start (older ones are revoked by name).
+        internal_token = create_token(str(db_path), name="host-internal", replace=True)
+        coordinator_args = [
+            "coordinator", "--listen", f"{bind_host}:{coordinator_port}", "--db", str(db_path), "--run-id", run_id,
+            "--dataset", f"127.0.0.1:{dataset_port}",
+            "--bootstrap-peers", *maddrs, "--metrics-port", str(coordinator_metrics),
+        ]
+        for flag, value in (("--config", config_path), ("--lease-ttl", lease_ttl), ("--peer-ttl", peer_ttl),
+                            ("--heartbeat-interval", heartbeat_interval)):
+            if value is not None:
+                coordinator_args += [flag, str(value)]
+        coordinator = start_service("coordinator", coordinator_args, workdir=logs,
+                                    env={"SWARM_DATASET_TOKEN": internal_token})
+        started.append(coordinator)
+        coordinator_address = _connect_address(coordinator.wait_ready(timeout=ready_timeout)["grpc_address"],
+                                               "127.0.0.1")
+        dataset = start_service("dataset", [
+            "dataset", "serve", "--listen", f"{bind_host}:{dataset_port}", "--index", index_path,
+            "--storage", storage, "--coordinator", coordinator_address, "--metrics-port", str(dataset_metrics),
+            *(["--s3-endpoint-url", s3_endpoint_url] if s3_endpoint_url else []),
+        ], workdir=logs)
+        started.append(dataset)
+        dataset_address = _connect_address(dataset.wait_ready(timeout=ready_timeout)["grpc_address"], public_host)
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+    return HostServices(workdir=workdir, bootstrap=bootstrap, coordinator=coordinator, dataset=dataset,
+                        bootstrap_maddrs=maddrs, coordinator_address=coordinator_address,
+                        dataset_address=dataset_address)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "host", help="run a swarm's host services: coordinator + dataset service + bootstrap DHT",
+        description="Run the coordinator, the dataset service and the bootstrap DHT together as local processes. "
+                    "Ingest a dataset first (`swarm ingest FOLDER --index DIR/dataset.sqlite`), create join tokens "
+                    "with `swarm token create --db DIR/coordinator.sqlite`, and give peers the coordinator address.")
+    p.add_argument("--data-dir", default="./swarm-data",
+                   help="folder for every piece of host state: coordinator.sqlite, dataset.sqlite, objects/, "
+                        "bootstrap.key, logs/ (default: %(default)s)")
+    p.add_argument("--config", help="run config YAML (keys: model, resolution, lr, lr_scheduler, ...)")
+    p.add_argument("--run-id", default="swarm-diffusion",
+                   help="the swarm's name on the DHT; two swarms sharing a DHT need different run ids")
+    p.add_argument("--index", help="dataset index (default: DATA_DIR/dataset.sqlite)")
+    p.add_argument("--storage", help="object storage: s3://bucket/prefix or file:///path (default: DATA_DIR/objects)")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint, e.g. http://minio:9000")
+    p.add_argument("--bind-host", default="0.0.0.0", help="interface the services listen on (default: %(default)s)")
+    p.add_argument("--public-host", help="host name or IP peers use to reach this host (told to peers)")
+    p.add_argument("--coordinator-port", type=int, default=50051)
+    p.add_argument("--dataset-port", type=int, default=50052)
+    p.add_argument("--dht-port", type=int, default=31337, help="TCP port of the bootstrap DHT (forward it)")
+    p.add_argument("--dht-announce-maddrs", nargs="*", help="public multiaddrs of the bootstrap DHT")
+    p.add_argument("--ready-file", help="write the addresses as JSON once every service serves")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from swarm.cli import UsageError
+
+    for name in ("coordinator_port", "dataset_port", "dht_port"):
+        if not 0 <= getattr(args, name) <= 65535:
+            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 65535")
+    if args.config and not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config} does not exist")
+    host = start_host(args.data_dir, config_path=args.config, run_id=args.run_id, index_path=args.index,
+                      storage=args.storage, s3_endpoint_url=args.s3_endpoint_url, bind_host=args.bind_host,
+                      public_host=args.public_host, coordinator_port=args.coordinator_port,
+                      dataset_port=args.dataset_port, dht_port=args.dht_port,
+                      dht_announce_maddrs=args.dht_announce_maddrs)
+    write_ready_file(args.ready_file, coordinator=host.coordinator_address, dataset=host.dataset_address,
+                     bootstrap_maddrs=host.bootstrap_maddrs, metrics_ports=host.metrics_ports())
+    print(f"swarm host is up.\n  coordinator: {host.coordinator_address}\n  dataset:     {host.dataset_address}\n"
+          f"  bootstrap:   {' '.join(host.bootstrap_maddrs)}\n"
+          f"Create a join token:  swarm token create --db {host.workdir / 'coordinator.sqlite'} --name NAME\n"
+          f"Peers join with:      swarm train --coordinator {args.public_host or 'HOST'}:{args.coordinator_port} "
+          f"--token TOKEN", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.is_set():
+            dead = [p.name for p in host.processes if p.popen.poll() is not None]
+            if dead:
+                logger.error(f"{', '.join(dead)} exited; stopping the host (see {host.workdir / 'logs'})")
+                return 1
+            stop.wait(1.0)
+    finally:
+        host.stop()
+    return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,13 @@ def write_ready_file(path: str | os.PathLike | None, **info: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), **info}))
     os.replace(tmp, path)
+
+
+def free_port() -> int:
+    """A TCP port free right now on loopback (for services that must know each other's port before binding)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
