@@ -56,7 +56,8 @@ def _coordinator_progress(address: str, token: str):
 
 def run_demo(workdir: str | Path, *, trainers: int = 2, config: dict[str, Any] | None = None,
              client_mode_peers: int = 1, timeout: float = 900.0, show_progress: bool = True,
-             trainer_args: list[str] | None = None) -> dict[str, Any]:
+             trainer_args: list[str] | None = None, prometheus_targets: str | Path | None = None
+             ) -> dict[str, Any]:
     """Run a whole swarm to the end of its run config and return the summary written to WORKDIR/summary.json."""
     from tqdm import tqdm
 
@@ -97,6 +98,8 @@ def run_demo(workdir: str | Path, *, trainers: int = 2, config: dict[str, Any] |
                 "--load-state-timeout", "30", "--compression", "none", "--barrier-timeout", "120",
                 "--metrics-port", "0", *(["--client-mode"] if client_mode else []), *(trainer_args or []),
             ], workdir=workdir / "logs", env={"SWARM_TOKEN": token}))
+        if prometheus_targets:
+            _write_prometheus_targets(prometheus_targets, host, peers)
         _wait_for_trainers(peers, host.coordinator_address, token, total=n_images * run_config["max_data_epochs"],
                            timeout=timeout, show_progress=show_progress, tqdm=tqdm)
         progress = _coordinator_progress(host.coordinator_address, token)
@@ -121,6 +124,19 @@ def run_demo(workdir: str | Path, *, trainers: int = 2, config: dict[str, Any] |
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_prometheus_targets(path: str | Path, host, peers: list[ServiceProcess]) -> None:
+    """Prometheus file_sd targets for every process of the swarm, labelled by job as in deploy/prometheus."""
+    targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"job": name}}
+               for name, port in host.metrics_ports().items()]
+    for peer in peers:
+        info = peer.wait_ready(timeout=300)
+        targets.append({"targets": [f"127.0.0.1:{info['metrics_port']}"],
+                        "labels": {"job": "trainer", "peer": peer.name}})
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(targets))
+    tmp.replace(path)
 
 
 def _wait_for_trainers(peers: list[ServiceProcess], coordinator: str, token: str, *, total: int, timeout: float,

@@ -8,16 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swarm.demo import run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module")
-def swarm_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("swarm")
-    summary = run_demo(workdir, trainers=2, client_mode_peers=1, show_progress=False)
-    return workdir, summary
 
 
 def _unet_tensors(checkpoint: str) -> dict[str, torch.Tensor]:
@@ -25,7 +17,7 @@ def _unet_tensors(checkpoint: str) -> dict[str, torch.Tensor]:
 
 
 def test_both_trainers_reach_the_same_global_epoch_with_matching_parameters(swarm_run):
-    _, summary = swarm_run
+    summary = swarm_run["summary"]
     epochs = [t["global_epoch"] for t in summary["trainers"]]
     assert epochs[0] == epochs[1] > 0, epochs
     first, second = (_unet_tensors(t["checkpoint"]) for t in summary["trainers"])
@@ -37,7 +29,7 @@ def test_both_trainers_reach_the_same_global_epoch_with_matching_parameters(swar
 
 
 def test_every_chunk_reported_done_exactly_once_per_data_epoch(swarm_run):
-    workdir, summary = swarm_run
+    workdir, summary = swarm_run["workdir"], swarm_run["summary"]
     from swarm_coordinator.audit import audit_chunks
 
     audit = audit_chunks(f"{workdir}/host/coordinator.sqlite")
@@ -50,5 +42,5 @@ def test_every_chunk_reported_done_exactly_once_per_data_epoch(swarm_run):
 
 
 def test_loss_went_down(swarm_run):
-    _, summary = swarm_run
+    summary = swarm_run["summary"]
     assert summary["loss_last"] < summary["loss_first"], (summary["loss_first"], summary["loss_last"])
