@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StreamSamplesRequest(_message.Message):
-    __slots__ = ("sample_ids", "as_stored", "encoding", "quality")
+    __slots__ = ("sample_ids", "as_stored", "encoding", "quality", "random_crop")
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
     AS_STORED_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_CROP_FIELD_NUMBER: _ClassVar[int]
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
     as_stored: bool
     encoding: str
     quality: int
-    def __init__(self, sample_ids: _Optional[_Iterable[int]] = ..., as_stored: _Optional[bool] = ..., encoding: _Optional[str] = ..., quality: _Optional[int] = ...) -> None: ...
+    random_crop: bool
+    def __init__(self, sample_ids: _Optional[_Iterable[int]] = ..., as_stored: _Optional[bool] = ..., encoding: _Optional[str] = ..., quality: _Optional[int] = ..., random_crop: _Optional[bool] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("sample_id", "image", "caption", "width", "height", "bucket_width", "bucket_height", "encoding")
@@ -57,10 +59,12 @@ class SampleRef(_message.Message):
     def __init__(self, sample_id: _Optional[int] = ..., bucket_width: _Optional[int] = ..., bucket_height: _Optional[int] = ...) -> None: ...
 
 class ListSamplesResponse(_message.Message):
-    __slots__ = ("samples",)
+    __slots__ = ("samples", "has_more")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     samples: _containers.RepeatedCompositeFieldContainer[SampleRef]
-    def __init__(self, samples: _Optional[_Iterable[_Union[SampleRef, _Mapping]]] = ...) -> None: ...
+    has_more: bool
+    def __init__(self, samples: _Optional[_Iterable[_Union[SampleRef, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

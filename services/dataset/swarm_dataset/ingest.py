@@ -1,0 +1,243 @@
+"""`swarm ingest`: a folder or bucket of images + captions -> normalised objects in storage and rows in the index.
+
+Per image file: fetch it and its caption, sha256 the bytes (identical content is stored once; later copies are skipped
+as duplicates), validate and normalise to RGB (validate.py), store the normalised bytes content-addressed, assign the
+aspect bucket. Plain RGB JPEGs are stored as they are (no generation loss); everything else is re-encoded
+(JPEG quality 95 with full chroma by default, or lossless PNG), so streaming never has to validate again.
+
+Incremental: each file's signature (size + mtime/ETag of the image and of its caption file) is remembered, used or
+skipped, and unchanged files are not fetched again; a changed caption alone only re-reads the caption.
+Nothing stops an ingest: every bad file becomes a counted reason. Index writes are short transactions on a WAL
+database, so the dataset service keeps serving from the same index meanwhile.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from swarm.logs import get_logger
+from swarm_dataset import imaging
+from swarm_dataset.buckets import BucketParams, make_buckets, nearest_bucket
+from swarm_dataset.index import Index
+from swarm_dataset.pairing import (NO_CAPTION, CaptionError, CaptionOptions, Pair, image_signature, join_signature,
+                                   pair_files, read_caption, split_signature)
+from swarm_dataset.storage import BadKeyError, LocalStorage, S3Storage, StorageError, content_key
+from swarm_dataset.validate import Rejection, ValidationLimits, check_image
+
+logger = get_logger(__name__)
+
+READ_ERROR = "read_error"
+BAD_KEY = "bad_key"
+DUPLICATE = "duplicate"
+INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    captions: CaptionOptions = CaptionOptions()
+    limits: ValidationLimits = ValidationLimits()
+    store_encoding: str = "jpeg"  # for images that must be re-encoded; plain RGB JPEGs are kept as they are
+    store_quality: int = imaging.DEFAULT_QUALITY
+    workers: int = 4
+
+    def __post_init__(self):
+        imaging.check_encoding(self.store_encoding, self.store_quality)
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers must be between 1 and 64, got {self.workers}")
+
+
+@dataclass
+class IngestReport:
+    source: str
+    files: int = 0  # every file listed under the source
+    images: int = 0  # image files among them
+    added: int = 0
+    updated: int = 0  # a changed file (or only its caption) re-read
+    unchanged: int = 0  # already ingested with the same signature: not fetched again
+    skipped: Counter = field(default_factory=Counter)  # reason -> files skipped in this run
+    normalised: Counter = field(default_factory=Counter)  # what normalisation did -> images
+    rebucketed: int = 0
+    seconds: float = 0.0
+    index_samples: int = 0
+    index_skipped: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "files": self.files, "images": self.images, "added": self.added,
+                "updated": self.updated, "unchanged": self.unchanged, "skipped": dict(sorted(self.skipped.items())),
+                "skipped_total": sum(self.skipped.values()), "normalised": dict(sorted(self.normalised.items())),
+                "rebucketed": self.rebucketed, "seconds": round(self.seconds, 3),
+                "index": {"samples": self.index_samples, "skipped": self.index_skipped}}
+
+    def summary(self) -> str:
+        lines = [f"ingested {self.source}: {self.files} files, {self.images} images in {self.seconds:.1f} s",
+                 f"  added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+                 f"skipped {sum(self.skipped.values())}"]
+        lines += [f"    {reason}: {n}" for reason, n in sorted(self.skipped.items())]
+        if self.normalised:
+            lines.append("  normalised: " + ", ".join(f"{k} {n}" for k, n in sorted(self.normalised.items())))
+        if self.rebucketed:
+            lines.append(f"  bucket parameters changed: {self.rebucketed} samples moved to another bucket")
+        lines.append(f"  index now holds {self.index_samples} samples")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Outcome:
+    pair: Pair
+    signature: str
+    sha256: str = ""
+    values: dict | None = None  # sample row values when usable
+    caption_only: str | None = None  # new caption for an image whose bytes did not change
+    reason: str = ""
+    detail: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Ingester:
+    def __init__(self, *, source: LocalStorage | S3Storage, index: Index, storage: LocalStorage | S3Storage,
+                 buckets: list[tuple[int, int]], options: IngestOptions):
+        self.source, self.index, self.storage, self.buckets, self.options = source, index, storage, buckets, options
+
+    def caption(self, pair: Pair) -> str:
+        if pair.caption is None:
+            raise CaptionError(NO_CAPTION, f"no caption beside {pair.image.key} (expected a .txt or .json file)")
+        return read_caption(self.source.get(pair.caption.key), key=pair.caption.key, options=self.options.captions)
+
+    def process(self, pair: Pair, signature: str, caption_only: bool) -> _Outcome:
+        """Runs in a worker thread: everything slow (fetch, decode, encode, store), nothing that writes the index."""
+        outcome = _Outcome(pair=pair, signature=signature)
+        try:
+            caption = self.caption(pair)
+            if caption_only:
+                outcome.caption_only = caption
+                return outcome
+            data = self.source.get(pair.image.key)
+            outcome.sha256 = _sha256(data)
+            known = self.index.sample_by_sha(outcome.sha256)
+            if known is not None and (known.source, known.source_key) != (self.source.url, pair.image.key):
+                outcome.reason, outcome.detail = DUPLICATE, f"same content as {known.source_key} (sample {known.id})"
+                return outcome
+            checked = check_image(data, limits=self.options.limits)
+            if isinstance(checked, Rejection):
+                outcome.reason, outcome.detail = checked.reason, checked.detail
+                return outcome
+            if checked.original_is_normalised:
+                stored, extension = data, "jpg"
+            else:
+                stored = imaging.encode(checked.image, encoding=self.options.store_encoding,
+                                        quality=self.options.store_quality)
+                extension = imaging.EXTENSIONS[self.options.store_encoding]
+            key = content_key(_sha256(stored), extension)
+            if not self.storage.exists(key):
+                self.storage.put(key, stored)
+            width, height = checked.size
+            bucket_width, bucket_height = nearest_bucket(width, height, self.buckets)
+            outcome.notes = checked.notes
+            outcome.values = dict(key=key, sha256=outcome.sha256, width=width, height=height,
+                                  bucket_width=bucket_width, bucket_height=bucket_height, caption=caption,
+                                  size=pair.image.size, stored_size=len(stored), version=pair.image.version,
+                                  signature=signature)
+        except CaptionError as e:
+            outcome.reason, outcome.detail = e.reason, e.detail
+        except BadKeyError as e:
+            outcome.reason, outcome.detail = BAD_KEY, str(e)
+        except (StorageError, KeyError) as e:
+            outcome.reason, outcome.detail = READ_ERROR, f"could not read or store it: {e}"
+        except Exception as e:  # a bug or an exotic file must not stop the ingest; it is counted and logged
+            logger.exception(f"unexpected error ingesting {pair.image.key}")
+            outcome.reason, outcome.detail = INTERNAL_ERROR, f"{type(e).__name__}: {e}"
+        return outcome
+
+    def record(self, outcome: _Outcome, report: IngestReport) -> None:
+        """Runs in the ingest thread: short index transactions, deduplication decided here (no race on sha256)."""
+        source, key = self.source.url, outcome.pair.image.key
+        if outcome.caption_only is not None:
+            self.index.update_caption(source=source, source_key=key, caption=outcome.caption_only,
+                                      signature=outcome.signature)
+            report.updated += 1
+            return
+        if outcome.values is not None:
+            known = self.index.sample_by_sha(outcome.sha256)
+            if known is not None and (known.source, known.source_key) != (source, key):
+                outcome.reason, outcome.detail = DUPLICATE, f"same content as {known.source_key} (sample {known.id})"
+            else:
+                _, created = self.index.upsert_sample(source=source, source_key=key, values=outcome.values)
+                if created:
+                    report.added += 1
+                else:
+                    report.updated += 1
+                report.normalised.update(outcome.notes)
+                return
+        duplicate_of = None
+        if outcome.reason == DUPLICATE:
+            duplicate_of = self.index.sample_by_sha(outcome.sha256).id
+        self.index.record_skip(source=source, source_key=key, reason=outcome.reason, detail=outcome.detail,
+                               signature=outcome.signature, duplicate_of=duplicate_of)
+        report.skipped[outcome.reason] += 1
+
+
+def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStorage | S3Storage,
+           bucket_params: BucketParams = BucketParams(), options: IngestOptions = IngestOptions(),
+           progress: bool = True) -> IngestReport:
+    """Ingest every file under `source` (recursively). Returns the counts by outcome and reason."""
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    report = IngestReport(source=source.url)
+    index.set_meta("storage_url", storage.url)
+    report.rebucketed = index.set_bucket_params(bucket_params)
+    ingester = _Ingester(source=source, index=index, storage=storage, buckets=make_buckets(bucket_params),
+                         options=options)
+    listing = list(source.list())
+    report.files = len(listing)
+    pairing = pair_files(listing)
+    report.images = len(pairing.pairs)
+    known = index.known_signatures(source.url)
+
+    for obj, reason in pairing.unpaired:  # recorded once; the report counts them every run
+        signature = join_signature(image_signature(obj), "-")
+        if known.get(obj.key) != signature:
+            index.record_skip(source=source.url, source_key=obj.key, reason=reason, signature=signature,
+                              detail=f"{obj.key}: nothing to pair it with")
+        report.skipped[reason] += 1
+
+    todo: list[tuple[Pair, str, bool]] = []
+    for pair in pairing.pairs:
+        signature = pair.signature
+        before = known.get(pair.image.key)
+        if before == signature:
+            report.unchanged += 1
+            continue
+        # Same image bytes, other caption file version: only the caption needs reading (if it was a sample).
+        caption_only = (before is not None and split_signature(before)[0] == split_signature(signature)[0]
+                        and index.has_sample(source=source.url, source_key=pair.image.key))
+        todo.append((pair, signature, caption_only))
+
+    window = max(2, options.workers * 4)  # bounded read-ahead: memory stays flat on huge buckets
+    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="ingest") as pool, \
+            tqdm(total=len(todo), desc="ingest", unit="img", file=sys.stderr, disable=not progress,
+                 dynamic_ncols=True) as bar:
+        pending: deque[Future] = deque()
+        for item in todo:
+            pending.append(pool.submit(ingester.process, *item))
+            while len(pending) >= window:
+                ingester.record(pending.popleft().result(), report)
+                bar.update(1)
+        while pending:
+            ingester.record(pending.popleft().result(), report)
+            bar.update(1)
+
+    stats = index.stats()
+    report.index_samples, report.index_skipped = stats.samples, dict(sorted(stats.skipped.items()))
+    report.seconds = time.monotonic() - started
+    logger.info(f"ingest of {source.url} done: {report.added} added, {report.updated} updated, "
+                f"{report.unchanged} unchanged, {sum(report.skipped.values())} skipped in {report.seconds:.1f} s")
+    return report

@@ -1,0 +1,253 @@
+"""`swarm dataset serve`: the gRPC Dataset service (StreamSamples, ListSamples, GetStats) over the ingested index.
+
+StreamSamples is a generator the gRPC runtime pulls from as the client reads: gRPC's flow control stops the pull when
+the peer is slow, so the server never queues more than `read_ahead` samples per stream. The read-ahead runs on a
+bounded worker pool shared by all streams (storage GET + decode/resize/encode), so S3 latency overlaps and every core
+resizes, while memory stays bounded by workers and read-ahead, not by chunk size or by how slow a peer is.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from swarm import rpc
+from swarm.logs import get_logger
+from swarm.metrics import MetricsServer
+from swarm.procs import write_ready_file
+from swarm.v1 import dataset_pb2, dataset_pb2_grpc
+from swarm_dataset import imaging
+from swarm_dataset.index import Index, SampleInfo
+from swarm_dataset.storage import StorageError, open_storage
+
+logger = get_logger(__name__)
+
+SERVICE_NAME = "swarm.v1.Dataset"
+MAX_IDS_PER_STREAM = 10_000
+MAX_LIST_LIMIT = 10_000
+DEFAULT_LIST_LIMIT = 1000
+
+SAMPLES_STREAMED = Counter("swarm_dataset_samples_streamed", "Samples sent by StreamSamples")
+BYTES_STREAMED = Counter("swarm_dataset_bytes_streamed", "Image bytes sent by StreamSamples")
+STREAM_ERRORS = Counter("swarm_dataset_stream_errors", "Failed or refused StreamSamples calls", ["reason"])
+STREAM_SECONDS = Histogram("swarm_dataset_stream_seconds", "Duration of StreamSamples calls",
+                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+ACTIVE_STREAMS = Gauge("swarm_dataset_active_streams", "StreamSamples calls in progress")
+INDEX_SAMPLES = Gauge("swarm_dataset_index_samples", "Samples in the dataset index")
+
+
+class _StreamFailure(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def _prepare(storage, sample: SampleInfo, *, as_stored: bool, encoding: str, quality: int,
+             rng: random.Random | None) -> dataset_pb2.Sample:
+    """Runs on the worker pool: fetch the stored bytes and (unless as_stored) resize them to the sample's bucket."""
+    try:
+        data = storage.get(sample.key)
+    except KeyError:
+        raise _StreamFailure(grpc.StatusCode.DATA_LOSS, "missing_object",
+                             f"sample {sample.id}: its object {sample.key} is missing from storage; re-ingest") from None
+    except StorageError as e:
+        raise _StreamFailure(grpc.StatusCode.UNAVAILABLE, "storage_unavailable",
+                             f"sample {sample.id}: storage is unavailable, try again: {e}") from None
+    if as_stored:
+        extension = sample.key.rsplit(".", 1)[-1]
+        return dataset_pb2.Sample(sample_id=sample.id, image=data, caption=sample.caption, width=sample.width,
+                                  height=sample.height, bucket_width=sample.bucket_width,
+                                  bucket_height=sample.bucket_height,
+                                  encoding="jpeg" if extension == "jpg" else extension)
+    try:
+        image = imaging.bucket_bytes(data, sample.bucket_width, sample.bucket_height, encoding=encoding,
+                                     quality=quality, crop="random" if rng else "center", rng=rng)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _StreamFailure(grpc.StatusCode.DATA_LOSS, "corrupt_object",
+                             f"sample {sample.id}: its stored object {sample.key} cannot be decoded: {e}") from None
+    return dataset_pb2.Sample(sample_id=sample.id, image=image, caption=sample.caption, width=sample.bucket_width,
+                              height=sample.bucket_height, bucket_width=sample.bucket_width,
+                              bucket_height=sample.bucket_height, encoding=encoding)
+
+
+def _describe_missing(missing: list[int]) -> str:
+    shown = ", ".join(str(i) for i in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return f"unknown sample id(s) {shown}{more}: not in the dataset index (ListSamples gives the valid ids)"
+
+
+class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
+    def __init__(self, *, index: Index, storage, pool: ThreadPoolExecutor, read_ahead: int = 8,
+                 default_encoding: str = "jpeg", default_quality: int = imaging.DEFAULT_QUALITY):
+        imaging.check_encoding(default_encoding, default_quality)
+        self.index, self.storage, self.pool = index, storage, pool
+        self.read_ahead = max(1, read_ahead)
+        self.default_encoding, self.default_quality = default_encoding, default_quality
+
+    def _refuse(self, context, code: grpc.StatusCode, reason: str, message: str):
+        STREAM_ERRORS.labels(reason=reason).inc()
+        context.abort(code, message)
+
+    def StreamSamples(self, request, context):  # noqa: N802 (gRPC's name)
+        ids = list(request.sample_ids)
+        if not ids:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
+                         "sample_ids is empty: name the samples to stream (a leased chunk's sample_ids)")
+        if len(ids) > MAX_IDS_PER_STREAM:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
+                         f"{len(ids)} sample ids in one call; at most {MAX_IDS_PER_STREAM}: split the request")
+        encoding = request.encoding or self.default_encoding
+        quality = request.quality or self.default_quality
+        try:
+            imaging.check_encoding(encoding, quality)
+        except ValueError as e:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", str(e))
+        found = self.index.samples_by_ids(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, "not_found", _describe_missing(missing))
+        rng = random.Random() if request.random_crop else None
+        yield from self._stream([found[i] for i in ids], context=context, as_stored=request.as_stored,
+                                encoding=encoding, quality=quality, rng=rng)
+
+    def _stream(self, samples: list[SampleInfo], *, context, as_stored: bool, encoding: str, quality: int,
+                rng: random.Random | None):
+        started = time.monotonic()
+        ACTIVE_STREAMS.inc()
+        pending: deque[Future] = deque()
+        todo = iter(samples)
+        completed = False
+        try:
+            for sample in todo:
+                pending.append(self.pool.submit(_prepare, self.storage, sample, as_stored=as_stored,
+                                                encoding=encoding, quality=quality, rng=rng))
+                if len(pending) >= self.read_ahead:
+                    break
+            while pending:
+                try:
+                    message = pending.popleft().result()
+                except _StreamFailure as failure:
+                    logger.warning(failure.message)
+                    self._refuse(context, failure.code, failure.reason, failure.message)
+                next_sample = next(todo, None)  # keep the window full before blocking on the send
+                if next_sample is not None:
+                    pending.append(self.pool.submit(_prepare, self.storage, next_sample, as_stored=as_stored,
+                                                    encoding=encoding, quality=quality, rng=rng))
+                yield message  # returns only when gRPC wants the next one: that is the backpressure
+                SAMPLES_STREAMED.inc()
+                BYTES_STREAMED.inc(len(message.image))
+            completed = True
+        finally:
+            for future in pending:  # a cancelled or failed stream leaves no work behind
+                future.cancel()
+            if not completed and context.is_active() is False:
+                STREAM_ERRORS.labels(reason="cancelled").inc()
+            ACTIVE_STREAMS.dec()
+            STREAM_SECONDS.observe(time.monotonic() - started)
+
+    def ListSamples(self, request, context):  # noqa: N802
+        limit = request.limit or DEFAULT_LIST_LIMIT
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {MAX_LIST_LIMIT}, got "
+                                                            f"{request.limit}")
+        if request.after_id < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"after_id must be >= 0, got {request.after_id}")
+        rows = self.index.list_samples(after_id=request.after_id, limit=limit + 1)
+        return dataset_pb2.ListSamplesResponse(
+            samples=[dataset_pb2.SampleRef(sample_id=r.id, bucket_width=r.bucket_width, bucket_height=r.bucket_height)
+                     for r in rows[:limit]], has_more=len(rows) > limit)
+
+    def GetStats(self, request, context):  # noqa: N802
+        stats = self.index.stats()
+        return dataset_pb2.DatasetStats(
+            samples=stats.samples, skipped=stats.skipped,
+            buckets=[dataset_pb2.BucketCount(width=w, height=h, count=n) for (w, h), n in sorted(stats.buckets.items())])
+
+
+def default_workers() -> int:
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+@dataclass
+class DatasetServer:
+    """A running service (in-process): `address` and `metrics_port` are what was actually bound."""
+
+    server: grpc.Server
+    address: str
+    metrics: MetricsServer | None
+    pool: ThreadPoolExecutor
+    index: Index
+    token_check: object | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
+
+    def stop(self, *, grace: float = 5.0) -> None:
+        self.server.stop(grace).wait(grace + 5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics:
+            self.metrics.close()
+        if self.token_check is not None:
+            self.token_check.close()
+        self.index.close()
+
+
+def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url: str | None = None,
+                 s3_endpoint_url: str | None = None, coordinator: str | None = None, metrics_port: int | None = 9101,
+                 workers: int | None = None, read_ahead: int | None = None, default_encoding: str = "jpeg",
+                 default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32) -> DatasetServer:
+    """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
+    index = Index(index_path, create=False)
+    storage_url = storage_url or index.get_meta("storage_url")
+    if not storage_url:
+        raise ValueError(f"the index {index_path} does not say where its objects are: pass --storage URL")
+    storage = open_storage(storage_url, endpoint_url=s3_endpoint_url, create=False)
+    workers = workers or default_workers()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dataset-io")
+    token_check = None
+    interceptors = []
+    if coordinator:
+        from swarm_dataset.auth import CoordinatorTokenCheck
+
+        token_check = CoordinatorTokenCheck(coordinator)
+        interceptors.append(rpc.TokenAuthInterceptor(token_check))
+    else:
+        logger.warning("no --coordinator given: the dataset service is open to anyone who can reach it")
+    server, health = rpc.make_server(max_workers=grpc_threads, interceptors=interceptors)
+    servicer = DatasetServicer(index=index, storage=storage, pool=pool, read_ahead=read_ahead or workers,
+                               default_encoding=default_encoding, default_quality=default_quality)
+    dataset_pb2_grpc.add_DatasetServicer_to_server(servicer, server)
+    address = rpc.bind(server, listen)
+    server.start()
+    rpc.set_serving(health, SERVICE_NAME)
+    INDEX_SAMPLES.set_function(index.count)
+    metrics = MetricsServer(port=metrics_port) if metrics_port is not None else None
+    logger.info(f"dataset service on {address} ({index.count()} samples, storage {storage.url}, {workers} workers"
+                + (f", metrics on :{metrics.port}" if metrics else "") + ")")
+    return DatasetServer(server=server, address=address, metrics=metrics, pool=pool, index=index,
+                         token_check=token_check)
+
+
+def serve(*, ready_file: str | None = None, stop_event: threading.Event | None = None, **kwargs) -> int:
+    """Serve until SIGTERM/SIGINT (or `stop_event`); the CLI's entry point. kwargs are `start_server`'s."""
+    running = start_server(**kwargs)
+    stop_event = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop_event.set())
+    write_ready_file(ready_file, grpc_address=running.address, metrics_port=running.metrics_port)
+    try:
+        stop_event.wait()
+    finally:
+        logger.info("dataset service stopping")
+        running.stop()
+    return 0
