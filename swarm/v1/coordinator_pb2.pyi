@@ -116,20 +116,24 @@ class LeaseState(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., valid: _Optional[bool] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("leases", "config_version", "run_complete", "swarm_epoch", "peers_training", "swarm_epoch_min")
+    __slots__ = ("leases", "config_version", "run_complete", "swarm_epoch", "peers_training", "swarm_epoch_min", "lr", "lr_total_steps")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     SWARM_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PEERS_TRAINING_FIELD_NUMBER: _ClassVar[int]
     SWARM_EPOCH_MIN_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    LR_TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[LeaseState]
     config_version: int
     run_complete: bool
     swarm_epoch: int
     peers_training: int
     swarm_epoch_min: int
-    def __init__(self, leases: _Optional[_Iterable[_Union[LeaseState, _Mapping]]] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., swarm_epoch: _Optional[int] = ..., peers_training: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ...) -> None: ...
+    lr: float
+    lr_total_steps: int
+    def __init__(self, leases: _Optional[_Iterable[_Union[LeaseState, _Mapping]]] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., swarm_epoch: _Optional[int] = ..., peers_training: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ...) -> None: ...
 
 class ReportChunkDoneRequest(_message.Message):
     __slots__ = ("peer_id", "lease_id")
@@ -178,7 +182,7 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerInfo(_message.Message):
-    __slots__ = ("peer_id", "name", "multiaddrs", "client_mode", "last_seen_unix_ms", "samples_contributed", "global_epoch", "finished")
+    __slots__ = ("peer_id", "name", "multiaddrs", "client_mode", "last_seen_unix_ms", "samples_contributed", "global_epoch", "finished", "loss", "samples_per_s", "chunks_contributed", "alive")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +191,10 @@ class PeerInfo(_message.Message):
     SAMPLES_CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_EPOCH_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     name: str
     multiaddrs: _containers.RepeatedScalarFieldContainer[str]
@@ -195,7 +203,11 @@ class PeerInfo(_message.Message):
     samples_contributed: int
     global_epoch: int
     finished: bool
-    def __init__(self, peer_id: _Optional[str] = ..., name: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., client_mode: _Optional[bool] = ..., last_seen_unix_ms: _Optional[int] = ..., samples_contributed: _Optional[int] = ..., global_epoch: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    loss: float
+    samples_per_s: float
+    chunks_contributed: int
+    alive: bool
+    def __init__(self, peer_id: _Optional[str] = ..., name: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., client_mode: _Optional[bool] = ..., last_seen_unix_ms: _Optional[int] = ..., samples_contributed: _Optional[int] = ..., global_epoch: _Optional[int] = ..., finished: _Optional[bool] = ..., loss: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., chunks_contributed: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers", "initial_peers")
@@ -210,7 +222,7 @@ class GetProgressRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs")
+    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training")
     SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
     DATA_EPOCHS_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +235,12 @@ class Progress(_message.Message):
     RUN_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     MAX_DATA_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    LR_TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PENDING_FIELD_NUMBER: _ClassVar[int]
+    SWARM_EPOCH_MIN_FIELD_NUMBER: _ClassVar[int]
+    PEERS_TRAINING_FIELD_NUMBER: _ClassVar[int]
     samples_done: int
     data_epochs_done: int
     chunks_total: int
@@ -235,4 +253,10 @@ class Progress(_message.Message):
     run_complete: bool
     peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
     max_data_epochs: int
-    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ...) -> None: ...
+    lr: float
+    lr_total_steps: int
+    samples_total: int
+    samples_pending: int
+    swarm_epoch_min: int
+    peers_training: int
+    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ...) -> None: ...
