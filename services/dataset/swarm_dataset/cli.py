@@ -48,6 +48,8 @@ def register(subparsers) -> None:
                         help="encoding of re-encoded images (plain RGB JPEGs are stored as they are)")
     checks.add_argument("--store-quality", type=int, default=95, help="quality of re-encoded JPEG/WebP")
     checks.add_argument("--workers", type=int, default=4, help="files fetched and validated in parallel")
+    ingest.add_argument("--prune", action="store_true",
+                        help="remove from the index the files ingested before that are gone from SOURCE")
     ingest.add_argument("--json", action="store_true", help="print the final report as JSON on stdout")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
     ingest.set_defaults(func=_run_ingest)
@@ -137,7 +139,7 @@ def _run_ingest(args) -> int:
             if hasattr(storage, "ensure_bucket"):
                 storage.ensure_bucket()
             report = ingest(source=source, index=index, storage=storage, bucket_params=params, options=options,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, prune=args.prune)
         except StorageError as e:
             raise UsageError(str(e)) from None
     finally:

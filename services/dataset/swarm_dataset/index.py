@@ -213,6 +213,22 @@ class Index:
             s.add(SkipRow(source=source, source_key=source_key, reason=reason, detail=detail[:2000],
                           signature=signature, duplicate_of=duplicate_of, ingested_at=time.time()))
 
+    def forget(self, *, source: str, source_keys: Iterable[str]) -> int:
+        """Drop samples and skips of files that no longer exist in the source (or whose role changed)."""
+        keys = list(source_keys)
+        removed = 0
+        with self.session() as s, s.begin():
+            for start in range(0, len(keys), ID_QUERY_BATCH):
+                batch = keys[start:start + ID_QUERY_BATCH]
+                removed += s.execute(delete(SkipRow).where(SkipRow.source == source,
+                                                           SkipRow.source_key.in_(batch))).rowcount
+                gone = list(s.scalars(select(SampleRow.id).where(SampleRow.source == source,
+                                                                 SampleRow.source_key.in_(batch))))
+                if gone:
+                    s.execute(delete(SkipRow).where(SkipRow.duplicate_of.in_(gone)))
+                    removed += s.execute(delete(SampleRow).where(SampleRow.id.in_(gone))).rowcount
+        return removed
+
     # --- server side ------------------------------------------------------------------------------------------
     def samples_by_ids(self, ids: Iterable[int]) -> dict[int, SampleInfo]:
         wanted = sorted(set(ids))

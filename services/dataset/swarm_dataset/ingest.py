@@ -57,10 +57,11 @@ class IngestReport:
     images: int = 0  # image files among them
     added: int = 0
     updated: int = 0  # a changed file (or only its caption) re-read
-    unchanged: int = 0  # already ingested with the same signature: not fetched again
+    unchanged: int = 0  # files seen before with the same signature (used or skipped then): not fetched again
     skipped: Counter = field(default_factory=Counter)  # reason -> files skipped in this run
     normalised: Counter = field(default_factory=Counter)  # what normalisation did -> images
     rebucketed: int = 0
+    missing: int = 0  # ingested before, gone from the source now
     seconds: float = 0.0
     index_samples: int = 0
     index_skipped: dict = field(default_factory=dict)
@@ -69,7 +70,7 @@ class IngestReport:
         return {"source": self.source, "files": self.files, "images": self.images, "added": self.added,
                 "updated": self.updated, "unchanged": self.unchanged, "skipped": dict(sorted(self.skipped.items())),
                 "skipped_total": sum(self.skipped.values()), "normalised": dict(sorted(self.normalised.items())),
-                "rebucketed": self.rebucketed, "seconds": round(self.seconds, 3),
+                "rebucketed": self.rebucketed, "missing": self.missing, "seconds": round(self.seconds, 3),
                 "index": {"samples": self.index_samples, "skipped": self.index_skipped}}
 
     def summary(self) -> str:
@@ -81,6 +82,8 @@ class IngestReport:
             lines.append("  normalised: " + ", ".join(f"{k} {n}" for k, n in sorted(self.normalised.items())))
         if self.rebucketed:
             lines.append(f"  bucket parameters changed: {self.rebucketed} samples moved to another bucket")
+        if self.missing:
+            lines.append(f"  {self.missing} files ingested before are gone from the source (--prune removes them)")
         lines.append(f"  index now holds {self.index_samples} samples")
         return "\n".join(lines)
 
@@ -186,8 +189,11 @@ class _Ingester:
 
 def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStorage | S3Storage,
            bucket_params: BucketParams = BucketParams(), options: IngestOptions = IngestOptions(),
-           progress: bool = True) -> IngestReport:
-    """Ingest every file under `source` (recursively). Returns the counts by outcome and reason."""
+           progress: bool = True, prune: bool = False) -> IngestReport:
+    """Ingest every file under `source` (recursively). Returns the counts by outcome and reason.
+
+    Files ingested before that are gone from the source are counted as `missing`; with `prune` their samples (and
+    skips) are removed from the index. Without it they stay: the coordinator may have chunks that name them."""
     from tqdm import tqdm
 
     started = time.monotonic()
@@ -202,12 +208,24 @@ def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStor
     report.images = len(pairing.pairs)
     known = index.known_signatures(source.url)
 
-    for obj, reason in pairing.unpaired:  # recorded once; the report counts them every run
+    for obj, reason in pairing.unpaired:
         signature = join_signature(image_signature(obj), "-")
-        if known.get(obj.key) != signature:
-            index.record_skip(source=source.url, source_key=obj.key, reason=reason, signature=signature,
-                              detail=f"{obj.key}: nothing to pair it with")
+        if known.get(obj.key) == signature:
+            report.unchanged += 1
+            continue
+        index.record_skip(source=source.url, source_key=obj.key, reason=reason, signature=signature,
+                          detail=f"{obj.key}: nothing to pair it with")
         report.skipped[reason] += 1
+
+    # A caption once skipped as orphaned now has its image: forget that skip.
+    index.forget(source=source.url, source_keys=[p.caption.key for p in pairing.pairs
+                                                 if p.caption is not None and p.caption.key in known])
+    listed = {obj.key for obj in listing}
+    missing = [key for key in known if key not in listed]
+    report.missing = len(missing)
+    if missing and prune:
+        index.forget(source=source.url, source_keys=missing)
+        logger.info(f"pruned {len(missing)} files that are gone from {source.url}")
 
     todo: list[tuple[Pair, str, bool]] = []
     for pair in pairing.pairs:

@@ -185,6 +185,7 @@ class DatasetServer:
     metrics: MetricsServer | None
     pool: ThreadPoolExecutor
     index: Index
+    servicer: DatasetServicer
     token_check: object | None = None
 
     @property
@@ -204,7 +205,8 @@ class DatasetServer:
 def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url: str | None = None,
                  s3_endpoint_url: str | None = None, coordinator: str | None = None, metrics_port: int | None = 9101,
                  workers: int | None = None, read_ahead: int | None = None, default_encoding: str = "jpeg",
-                 default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32) -> DatasetServer:
+                 default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
+                 token_ttl_s: float = 60.0) -> DatasetServer:
     """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
     index = Index(index_path, create=False)
     storage_url = storage_url or index.get_meta("storage_url")
@@ -218,7 +220,7 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     if coordinator:
         from swarm_dataset.auth import CoordinatorTokenCheck
 
-        token_check = CoordinatorTokenCheck(coordinator)
+        token_check = CoordinatorTokenCheck(coordinator, ttl_s=token_ttl_s)
         interceptors.append(rpc.TokenAuthInterceptor(token_check))
     else:
         logger.warning("no --coordinator given: the dataset service is open to anyone who can reach it")
@@ -234,7 +236,7 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     logger.info(f"dataset service on {address} ({index.count()} samples, storage {storage.url}, {workers} workers"
                 + (f", metrics on :{metrics.port}" if metrics else "") + ")")
     return DatasetServer(server=server, address=address, metrics=metrics, pool=pool, index=index,
-                         token_check=token_check)
+                         servicer=servicer, token_check=token_check)
 
 
 def serve(*, ready_file: str | None = None, stop_event: threading.Event | None = None, **kwargs) -> int:
