@@ -1,2 +1,228 @@
-def register(subparsers):
-    """Adds this service's subcommands (filled in as the service lands)."""
+"""Command line of the coordinator: `swarm coordinator`, `swarm token`, `swarm config`, `swarm status`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from swarm.runconfig import RESTART_KEYS
+
+DEFAULT_DB = "./coordinator.sqlite"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {text}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "coordinator", help="run the coordinator: run config, chunk leases, peer registry, join tokens",
+        description="Serve swarm.v1.Coordinator over gRPC with its state in SQLite. Every RPC but health needs a "
+                    "join token (`swarm token create --db DB`).")
+    p.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to serve on; port 0 picks a free one "
+                                                             "(default: %(default)s)")
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLite database with all coordinator state (default: %(default)s)")
+    p.add_argument("--config", help="run config YAML; stored as a new version only when it differs from the "
+                                    "stored one (default: the stored config, else built-in defaults)")
+    p.add_argument("--run-id", default="swarm-diffusion",
+                   help="the swarm's name on the DHT; swarms sharing a DHT need different ones (default: %(default)s)")
+    p.add_argument("--dataset", help="HOST:PORT of the dataset service whose index is cut into chunks")
+    p.add_argument("--dataset-public-address", help="dataset address told to peers (default: --dataset)")
+    p.add_argument("--dataset-token", help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN)")
+    p.add_argument("--bootstrap-peers", nargs="*", default=[], metavar="MADDR",
+                   help="multiaddrs of the bootstrap DHT: every joiner's first initial peers")
+    p.add_argument("--lease-ttl", type=_positive, default=1200.0,
+                   help="seconds a lease lives without a heartbeat (default: %(default)s, the 2022 trainer's 20 min)")
+    p.add_argument("--peer-ttl", type=_positive, default=120.0,
+                   help="seconds after its last heartbeat a peer counts as dead (default: %(default)s)")
+    p.add_argument("--heartbeat-interval", type=_positive, default=30.0,
+                   help="how often peers are told to heartbeat, in seconds (default: %(default)s)")
+    p.add_argument("--sync-interval", type=_positive, default=5.0,
+                   help="seconds between dataset index syncs (default: %(default)s)")
+    p.add_argument("--sqlite-synchronous", choices=("normal", "full"), default="normal",
+                   help="normal survives any crash of the process; full also survives power loss, at an fsync per "
+                        "commit (default: %(default)s)")
+    p.add_argument("--metrics-port", type=_port, default=9100, help="Prometheus /metrics port; 0 picks a free one "
+                                                                    "(default: %(default)s)")
+    p.add_argument("--ready-file", help="write {grpc_address, metrics_port, ...} as JSON here once serving")
+    p.set_defaults(func=run_coordinator)
+
+    token = subparsers.add_parser("token", help="create, list and revoke join tokens",
+                                  description="Join tokens let peers (and the dataset service) call the coordinator. "
+                                              "Only a hash of each token is stored.")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it (shown once)")
+    create.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
+    create.add_argument("--name", default=None, help="a name to recognise and revoke it by (default: token-N)")
+    create.set_defaults(func=run_token_create)
+    listing = token_sub.add_parser("list", help="list tokens (names and first characters, never the tokens)")
+    listing.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=run_token_list)
+    revoke = token_sub.add_parser("revoke", help="revoke tokens by name, by the token itself, or its first characters",
+                                  description="Revoke every live token with this name, or the token given (or the "
+                                              "one token starting with it). A revoked token stops working within "
+                                              "a few seconds.")
+    revoke.add_argument("name_or_prefix", metavar="NAME_OR_PREFIX")
+    revoke.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
+    revoke.set_defaults(func=run_token_revoke)
+
+    config = subparsers.add_parser(
+        "config", help="show or change the run config of a swarm (versioned)",
+        description="The run config lives in the coordinator database, versioned. `set` stores a new version; a "
+                    "running coordinator picks it up within a second and peers apply it at their next chunk "
+                    f"boundary. Changing any of {', '.join(sorted(RESTART_KEYS))} cannot be applied live: running "
+                    "trainers stop with a message saying so and must be restarted.")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the current (or a given) config version as YAML")
+    show.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
+    show.add_argument("--version", type=int, default=0, help="version to show (default: the current one)")
+    show.set_defaults(func=run_config_show)
+    setp = config_sub.add_parser("set", help="store a new config version from a file and/or KEY=VALUE pairs",
+                                 description="Examples: `swarm config set --db DB lr=5e-5 lr_scheduler=cosine`, "
+                                             "`swarm config set --db DB --file run.yaml`. Keys "
+                                             f"{', '.join(sorted(RESTART_KEYS))} need every trainer restarted.")
+    setp.add_argument("assignments", nargs="*", metavar="KEY=VALUE", help="changes to the current config")
+    setp.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
+    setp.add_argument("--file", help="a whole run config YAML (KEY=VALUE pairs then apply on top of it)")
+    setp.set_defaults(func=run_config_set)
+
+    status = subparsers.add_parser("status", help="print a swarm's global progress",
+                                   description="Samples and data epochs done, chunks queued/leased/done, peers "
+                                               "alive, swarm epoch, current LR and what each peer contributed.")
+    status.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="coordinator address")
+    status.add_argument("--token", default=None, help="join token (default: env SWARM_TOKEN)")
+    status.add_argument("--json", action="store_true", help="print the progress as JSON")
+    status.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for an answer")
+    status.set_defaults(func=run_status)
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    from swarm.cli import UsageError
+    from swarm.runconfig import validate_run_id
+    from swarm_coordinator.server import serve
+    from swarm_coordinator.store import DatabaseInUse
+
+    validate_run_id(args.run_id)
+    if args.config and not os.path.isfile(args.config):
+        raise UsageError(f"--config {args.config} does not exist")
+    for flag, address in (("--listen", args.listen), ("--dataset", args.dataset),
+                          ("--dataset-public-address", args.dataset_public_address)):
+        if address is not None and not _valid_address(address):
+            raise UsageError(f"{flag} {address!r} is not HOST:PORT")
+    if args.dataset_public_address and not args.dataset:
+        raise UsageError("--dataset-public-address needs --dataset (the address the coordinator syncs from)")
+    try:
+        serve(listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id, dataset=args.dataset,
+              dataset_public_address=args.dataset_public_address,
+              dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
+              bootstrap_peers=args.bootstrap_peers, lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl,
+              heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port, ready_file=args.ready_file,
+              sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous)
+    except (DatabaseInUse, OSError) as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+def _valid_address(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+
+
+def run_token_create(args: argparse.Namespace) -> int:
+    from swarm_coordinator.tokens import create_token, list_tokens
+
+    name = args.name or f"token-{len(list_tokens(args.db)) + 1}"
+    token = create_token(args.db, name=name)
+    print(token)
+    print(f"(join token {name!r}: shown only this once; give it to the peer, who passes --token or SWARM_TOKEN)",
+          file=sys.stderr)
+    return 0
+
+
+def run_token_list(args: argparse.Namespace) -> int:
+    from swarm_coordinator.tokens import list_tokens
+
+    tokens = list_tokens(args.db)
+    if args.json:
+        print(json.dumps([{"name": t.name, "prefix": t.prefix, "created": t.created, "revoked": t.revoked}
+                          for t in tokens], indent=2))
+        return 0
+    if not tokens:
+        print("no tokens yet: `swarm token create --db DB --name NAME`")
+        return 0
+    rows = [("name", "token starts with", "created", "state")]
+    for t in tokens:
+        rows.append((t.name, t.prefix + "…", _when(t.created), f"revoked {_when(t.revoked)}" if t.revoked else "live"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def run_token_revoke(args: argparse.Namespace) -> int:
+    from swarm_coordinator.tokens import revoke_tokens
+
+    for t in revoke_tokens(args.db, args.name_or_prefix):
+        print(f"revoked {t.name!r} ({t.prefix}…)")
+    return 0
+
+
+def run_config_show(args: argparse.Namespace) -> int:
+    from swarm_coordinator.configs import show_config, to_yaml
+
+    print(to_yaml(show_config(args.db, version=args.version)), end="")
+    return 0
+
+
+def run_config_set(args: argparse.Namespace) -> int:
+    from swarm_coordinator.configs import changed_keys, restart_keys_changed, set_config
+
+    previous, current, created = set_config(args.db, file=args.file, assignments=args.assignments)
+    if not created:
+        print(f"unchanged: config version {current.version} already says that")
+        return 0
+    changed = changed_keys(previous.config if previous else None, current.config)
+    print(f"stored config version {current.version}" + (f" (changed: {', '.join(changed)})" if changed else ""))
+    restart = restart_keys_changed(previous.config if previous else None, current.config)
+    if restart:
+        print(f"warning: {', '.join(restart)} cannot be applied to running peers: trainers will stop at their next "
+              f"chunk boundary and must be restarted", file=sys.stderr)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from swarm.cli import UsageError
+    from swarm_coordinator.status import describe_rpc_error, fetch_progress, format_progress
+
+    if not _valid_address(args.coordinator):
+        raise UsageError(f"--coordinator {args.coordinator!r} is not HOST:PORT")
+    try:
+        progress = fetch_progress(args.coordinator, token=args.token or os.environ.get("SWARM_TOKEN"),
+                                  timeout=args.timeout)
+    except grpc.RpcError as e:
+        raise UsageError(describe_rpc_error(e, args.coordinator)) from None
+    if args.json:
+        print(json.dumps(MessageToDict(progress, preserving_proto_field_name=True), indent=2))
+    else:
+        print(format_progress(progress))
+    return 0

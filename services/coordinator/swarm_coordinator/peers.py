@@ -1,0 +1,103 @@
+"""The peer registry in memory (the store writes it through to the database first).
+
+Liveness is a rule of last_seen and the peer TTL (rules.peer_alive): nothing is ever deleted, so per-peer
+contributions stay on record, but a peer not seen within the TTL is dead and its addresses reach no joiner.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from swarm_coordinator.rules import PeerView, SwarmEpochs, initial_peers, peer_alive, swarm_epochs
+
+EPOCHS_CACHE_S = 1.0
+
+
+@dataclass(slots=True)
+class PeerRecord:
+    peer_id: str
+    name: str
+    multiaddrs: tuple[str, ...]
+    client_mode: bool
+    batch_size: int
+    first_seen: float
+    last_seen: float
+    samples_contributed: int = 0
+    chunks_contributed: int = 0
+    global_epoch: int = 0
+    finished: bool = False
+    loss: float | None = None
+    samples_per_s: float = 0.0
+
+    def view(self) -> PeerView:
+        return PeerView(self.peer_id, self.multiaddrs, self.client_mode, self.last_seen, self.global_epoch,
+                        self.finished)
+
+
+class PeerTable:
+    def __init__(self, *, peer_ttl: float):
+        self.peer_ttl = peer_ttl
+        self._peers: dict[str, PeerRecord] = {}
+        # swarm_epochs is O(peers); heartbeats of a thousand peers would make it O(peers^2) per TTL. Any change of a
+        # peer's epoch or finished flag recomputes it at once; only liveness (a matter of time) may lag this long.
+        self._epochs: tuple[float, SwarmEpochs] | None = None
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def get(self, peer_id: str) -> PeerRecord | None:
+        return self._peers.get(peer_id)
+
+    def all(self) -> list[PeerRecord]:
+        return list(self._peers.values())
+
+    def load(self, row) -> None:
+        self._peers[row.peer_id] = PeerRecord(
+            peer_id=row.peer_id, name=row.name, multiaddrs=tuple(json.loads(row.multiaddrs)),
+            client_mode=bool(row.client_mode), batch_size=row.batch_size, first_seen=row.first_seen,
+            last_seen=row.last_seen, samples_contributed=row.samples_contributed,
+            chunks_contributed=row.chunks_contributed, global_epoch=row.global_epoch, finished=bool(row.finished),
+            loss=row.loss, samples_per_s=row.samples_per_s)
+        self._epochs = None
+
+    def register(self, peer_id: str, *, now: float, name: str, multiaddrs: tuple[str, ...], client_mode: bool,
+                 batch_size: int) -> PeerRecord:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            peer = self._peers[peer_id] = PeerRecord(peer_id, name, multiaddrs, client_mode, batch_size,
+                                                     first_seen=now, last_seen=now)
+        else:
+            peer.name, peer.multiaddrs, peer.client_mode, peer.batch_size = name, multiaddrs, client_mode, batch_size
+            peer.last_seen = now
+        self._epochs = None
+        return peer
+
+    def heartbeat(self, peer: PeerRecord, *, now: float, global_epoch: int, loss: float | None, samples_per_s: float,
+                  finished: bool) -> None:
+        if peer.global_epoch != global_epoch or peer.finished != finished or not self.alive(peer, now=now):
+            self._epochs = None
+        peer.last_seen, peer.global_epoch, peer.finished = now, global_epoch, finished
+        peer.loss, peer.samples_per_s = loss, samples_per_s
+
+    @staticmethod
+    def contributed(peer: PeerRecord, *, samples: int) -> None:
+        peer.samples_contributed += samples
+        peer.chunks_contributed += 1
+
+    def alive(self, peer: PeerRecord, *, now: float) -> bool:
+        return peer_alive(peer.last_seen, now=now, peer_ttl=self.peer_ttl)
+
+    def live(self, *, now: float) -> list[PeerRecord]:
+        return [p for p in self._peers.values() if self.alive(p, now=now)]
+
+    def epochs(self, *, now: float) -> SwarmEpochs:
+        cached = self._epochs
+        if cached is not None and 0.0 <= now - cached[0] < EPOCHS_CACHE_S:
+            return cached[1]
+        value = swarm_epochs((p.view() for p in self._peers.values()), now=now, peer_ttl=self.peer_ttl)
+        self._epochs = (now, value)
+        return value
+
+    def initial_peers(self, bootstrap: list[str], *, now: float, exclude_peer_id: str | None = None) -> list[str]:
+        return initial_peers(bootstrap, (p.view() for p in self._peers.values()), now=now, peer_ttl=self.peer_ttl,
+                             exclude_peer_id=exclude_peer_id)

@@ -1,0 +1,50 @@
+"""Global progress of a run, and the LR the schedule gives at the swarm's epoch (pure functions)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swarm.lr_schedule import lr_at_epoch, total_steps_for
+from swarm.runconfig import RunConfig
+from swarm_coordinator.peers import PeerRecord
+
+
+def lr_total_steps(config: RunConfig, *, samples_total: int) -> int:
+    """Global epochs the LR decay spans: the config's lr_total_steps, else derived from the dataset size.
+
+    0 while the dataset is empty (linear and cosine then behave as constant: there is nothing to decay over yet).
+    """
+    if config.lr_total_steps > 0:
+        return config.lr_total_steps
+    if samples_total <= 0:
+        return 0
+    return total_steps_for(total_samples=samples_total, max_data_epochs=config.max_data_epochs,
+                           target_batch_size=config.target_batch_size)
+
+
+def current_lr(config: RunConfig, *, epoch: int, samples_total: int) -> float:
+    """The LR every peer uses at global epoch `epoch`: a late joiner starts at exactly this value."""
+    return lr_at_epoch(max(0, epoch), base_lr=config.lr, scheduler=config.lr_scheduler,
+                       warmup_steps=config.lr_warmup_steps,
+                       total_steps=lr_total_steps(config, samples_total=samples_total))
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    samples_done: int
+    samples_total: int
+    data_epochs_done: int
+    max_data_epochs: int
+    chunks_total: int
+    chunks_queued: int
+    chunks_leased: int
+    chunks_done: int
+    peers_alive: int
+    peers_training: int
+    swarm_epoch: int
+    swarm_epoch_min: int
+    config_version: int
+    run_complete: bool
+    lr: float
+    lr_total_steps: int
+    samples_pending: int = 0  # synced from the dataset, waiting to fill a chunk
+    peers: list[PeerRecord] = field(default_factory=list)
