@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     p.add_argument("--sqlite-synchronous", choices=("normal", "full"), default="normal",
                    help="normal survives any crash of the process; full also survives power loss, at an fsync per "
                         "commit (default: %(default)s)")
+    p.add_argument("--grpc-workers", type=int, default=4,
+                   help="threads answering RPCs; calls are short and share one lock, so a few suffice "
+                        "(default: %(default)s)")
     p.add_argument("--metrics-port", type=_port, default=9100, help="Prometheus /metrics port; 0 picks a free one "
                                                                     "(default: %(default)s)")
     p.add_argument("--ready-file", help="write {grpc_address, metrics_port, ...} as JSON here once serving")
@@ -122,6 +125,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
                           ("--dataset-public-address", args.dataset_public_address)):
         if address is not None and not _valid_address(address):
             raise UsageError(f"{flag} {address!r} is not HOST:PORT")
+    if not 1 <= args.grpc_workers <= 256:
+        raise UsageError(f"--grpc-workers must be between 1 and 256, got {args.grpc_workers}")
     if args.dataset_public_address and not args.dataset:
         raise UsageError("--dataset-public-address needs --dataset (the address the coordinator syncs from)")
     try:
@@ -130,7 +135,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
               dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
               bootstrap_peers=args.bootstrap_peers, lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl,
               heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port, ready_file=args.ready_file,
-              sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous)
+              sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers)
     except (DatabaseInUse, OSError) as e:
         raise UsageError(str(e)) from None
     return 0

@@ -6,9 +6,10 @@ contributions stay on record, but a peer not seen within the TTL is dead and its
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 
-from swarm_coordinator.rules import PeerView, SwarmEpochs, initial_peers, peer_alive, swarm_epochs
+from swarm_coordinator.rules import PeerView, SwarmEpochs, initial_peers, peer_alive
 
 EPOCHS_CACHE_S = 1.0
 
@@ -38,9 +39,13 @@ class PeerTable:
     def __init__(self, *, peer_ttl: float):
         self.peer_ttl = peer_ttl
         self._peers: dict[str, PeerRecord] = {}
-        # swarm_epochs is O(peers); heartbeats of a thousand peers would make it O(peers^2) per TTL. Any change of a
-        # peer's epoch or finished flag recomputes it at once; only liveness (a matter of time) may lag this long.
-        self._epochs: tuple[float, SwarmEpochs] | None = None
+        # rules.swarm_epochs is O(peers), and a thousand peers heartbeating would make that O(peers^2). So the live
+        # peers' epochs are kept counted: a heartbeat moves one peer's count (exact at once), and a full recount
+        # (rules.swarm_epochs) runs at most every EPOCHS_CACHE_S to drop peers that went silent.
+        self._live: dict[str, tuple[int, bool]] = {}  # live peer id -> (global epoch, finished)
+        self._epoch_counts: Counter[int] = Counter()
+        self._training = 0
+        self._counted_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -58,7 +63,7 @@ class PeerTable:
             last_seen=row.last_seen, samples_contributed=row.samples_contributed,
             chunks_contributed=row.chunks_contributed, global_epoch=row.global_epoch, finished=bool(row.finished),
             loss=row.loss, samples_per_s=row.samples_per_s)
-        self._epochs = None
+        self._counted_at = None
 
     def register(self, peer_id: str, *, now: float, name: str, multiaddrs: tuple[str, ...], client_mode: bool,
                  batch_size: int) -> PeerRecord:
@@ -69,15 +74,29 @@ class PeerTable:
         else:
             peer.name, peer.multiaddrs, peer.client_mode, peer.batch_size = name, multiaddrs, client_mode, batch_size
             peer.last_seen = now
-        self._epochs = None
+        self._count_live(peer)
         return peer
 
     def heartbeat(self, peer: PeerRecord, *, now: float, global_epoch: int, loss: float | None, samples_per_s: float,
                   finished: bool) -> None:
-        if peer.global_epoch != global_epoch or peer.finished != finished or not self.alive(peer, now=now):
-            self._epochs = None
         peer.last_seen, peer.global_epoch, peer.finished = now, global_epoch, finished
         peer.loss, peer.samples_per_s = loss, samples_per_s
+        self._count_live(peer)
+
+    def _count_live(self, peer: PeerRecord) -> None:
+        """Count a peer just seen alive with its current epoch and finished flag (replacing its earlier count)."""
+        old = self._live.get(peer.peer_id)
+        if old is not None:
+            self._uncount(*old)
+        self._live[peer.peer_id] = (peer.global_epoch, peer.finished)
+        self._epoch_counts[peer.global_epoch] += 1
+        self._training += not peer.finished
+
+    def _uncount(self, epoch: int, finished: bool) -> None:
+        self._epoch_counts[epoch] -= 1
+        if not self._epoch_counts[epoch]:
+            del self._epoch_counts[epoch]
+        self._training -= not finished
 
     @staticmethod
     def contributed(peer: PeerRecord, *, samples: int) -> None:
@@ -91,12 +110,18 @@ class PeerTable:
         return [p for p in self._peers.values() if self.alive(p, now=now)]
 
     def epochs(self, *, now: float) -> SwarmEpochs:
-        cached = self._epochs
-        if cached is not None and 0.0 <= now - cached[0] < EPOCHS_CACHE_S:
-            return cached[1]
-        value = swarm_epochs((p.view() for p in self._peers.values()), now=now, peer_ttl=self.peer_ttl)
-        self._epochs = (now, value)
-        return value
+        if self._counted_at is None or not 0.0 <= now - self._counted_at < EPOCHS_CACHE_S:
+            self._recount(now)
+        if not self._live:
+            return SwarmEpochs(0, 0, 0, 0)
+        return SwarmEpochs(max(self._epoch_counts), min(self._epoch_counts), len(self._live), self._training)
+
+    def _recount(self, now: float) -> None:
+        live = [p for p in self._peers.values() if self.alive(p, now=now)]
+        self._live = {p.peer_id: (p.global_epoch, p.finished) for p in live}
+        self._epoch_counts = Counter(p.global_epoch for p in live)
+        self._training = sum(not p.finished for p in live)
+        self._counted_at = now
 
     def initial_peers(self, bootstrap: list[str], *, now: float, exclude_peer_id: str | None = None) -> list[str]:
         return initial_peers(bootstrap, (p.view() for p in self._peers.values()), now=now, peer_ttl=self.peer_ttl,

@@ -8,6 +8,7 @@ own memory and could lease a chunk twice.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -91,15 +92,6 @@ def _lock_database(db_path: str):
     return lock_file
 
 
-_LEASE_END = db.leases.update().where(db.leases.c.id == sa.bindparam("b_id"),
-                                      db.leases.c.state == LeaseState.ACTIVE.value
-                                      ).values(state=sa.bindparam("b_state"), ended=sa.bindparam("b_ended"))
-_LEASE_EXTEND = db.leases.update().where(db.leases.c.id == sa.bindparam("b_id")
-                                         ).values(deadline=sa.bindparam("b_deadline"))
-_CHUNK_TRAINED = db.chunks.update().where(db.chunks.c.id == sa.bindparam("b_id")
-                                          ).values(times_trained=db.chunks.c.times_trained + 1)
-
-
 class Store:
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], float] = time.time, lease_ttl: float = 1200.0,
                  peer_ttl: float = 120.0, lock_file=None):
@@ -109,6 +101,7 @@ class Store:
         self._lock = threading.RLock()
         self._lock_file = lock_file
         self._conn = engine.connect()
+        self._raw = self._conn.connection.driver_connection  # the same sqlite3 connection, for the hot path
         self._chunk_info: dict[int, tuple[int, int, str]] = {}  # id -> (bucket width, height, sample ids text)
         self._pending: dict[tuple[int, int], list[int]] = {}
         self._sync_cursor = 0
@@ -135,6 +128,19 @@ class Store:
                 self._lock_file.close()
                 self._lock_file = None
 
+    @contextlib.contextmanager
+    def _write(self):
+        """One write transaction on the DBAPI connection: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        raw = self._raw
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            yield raw
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+
     # ------------------------------------------------------------------------------------------------ loading
 
     def _load(self) -> None:
@@ -149,11 +155,11 @@ class Store:
             for row in active:
                 slot = self.queue.chunks.get(row.chunk_id)
                 if slot is None or slot.lease_id is not None or lease_expired(row.deadline, now=now):
-                    expired.append({"b_id": row.id, "b_state": LeaseState.EXPIRED.value, "b_ended": now})
+                    expired.append((LeaseState.EXPIRED.value, now, row.id))
                 else:
                     self.queue.hold(row.chunk_id, row.id, peer_id=row.peer_id, deadline=row.deadline)
             if expired:
-                self._conn.execute(_LEASE_END, expired)
+                self._conn.exec_driver_sql(db.LEASE_END, expired)
             for row in self._conn.execute(sa.select(db.peers)):
                 self.peers.load(row)
             for row in self._conn.execute(sa.select(db.pending_samples).order_by(db.pending_samples.c.sample_id)):
@@ -277,8 +283,7 @@ class Store:
         """Leases past their deadline, ended in the open transaction (applied to memory by the caller)."""
         due = [lease_id for lease_id, _ in self.queue.due_expired(now=now)]
         if due:
-            self._conn.execute(_LEASE_END, [{"b_id": lid, "b_state": LeaseState.EXPIRED.value, "b_ended": now}
-                                            for lid in due])
+            self._raw.executemany(db.LEASE_END, [(LeaseState.EXPIRED.value, now, lid) for lid in due])
         return due
 
     def _free_all(self, lease_ids: Iterable[str]) -> None:
@@ -289,7 +294,7 @@ class Store:
         """Lease up to `count` chunks to a registered peer: least-trained first; what is free, possibly nothing."""
         with self._lock:
             self._require_peer(peer_id).last_seen = now = self.clock()
-            with self._conn.begin():
+            with self._write() as raw:
                 # Freed before picking so expired chunks are offered again at once. Freeing an expired lease in
                 # memory is right even if this transaction fails: by the rules it is over whatever its stored state
                 # says, and the next start treats an "active" row past its deadline as expired too.
@@ -298,10 +303,8 @@ class Store:
                 deadline = now + self.lease_ttl
                 grants = [self._grant(cid, deadline) for cid in picked]
                 if grants:
-                    self._conn.execute(db.leases.insert(), [
-                        {"id": g.lease_id, "chunk_id": g.chunk_id, "peer_id": peer_id, "created": now,
-                         "deadline": deadline, "state": LeaseState.ACTIVE.value, "times_trained": g.times_trained}
-                        for g in grants])
+                    raw.executemany(db.LEASE_INSERT, [(g.lease_id, g.chunk_id, peer_id, now, deadline,
+                                                       g.times_trained) for g in grants])
             for grant in grants:
                 self.queue.hold(grant.chunk_id, grant.lease_id, peer_id=peer_id, deadline=deadline)
             return grants
@@ -328,15 +331,13 @@ class Store:
                     states.append((lease_id, False, 0.0))
                 else:
                     states.append((lease_id, True, deadline))
-                    extensions.append({"b_id": lease_id, "b_deadline": deadline})
-            with self._conn.begin():
-                self._conn.execute(db.peers.update().where(db.peers.c.peer_id == peer_id).values(
-                    last_seen=now, global_epoch=global_epoch, loss=loss, samples_per_s=samples_per_s,
-                    finished=finished))
+                    extensions.append((deadline, lease_id))
+            with self._write() as raw:
+                raw.execute(db.PEER_HEARTBEAT, (now, global_epoch, loss, samples_per_s, finished, peer_id))
                 if extensions:
-                    self._conn.execute(_LEASE_EXTEND, extensions)
-            for ext in extensions:
-                self.queue.extend(ext["b_id"], deadline=ext["b_deadline"])
+                    raw.executemany(db.LEASE_EXTEND, extensions)
+            for deadline, lease_id in extensions:
+                self.queue.extend(lease_id, deadline=deadline)
             self.peers.heartbeat(peer, now=now, global_epoch=global_epoch, loss=loss, samples_per_s=samples_per_s,
                                  finished=finished)
             return states
@@ -354,33 +355,30 @@ class Store:
                                          lease_is_current=True)
                 state = LeaseState.DONE if outcome is Outcome.COUNTED else LeaseState.EXPIRED
                 n_samples = slot.n_samples
-                with self._conn.begin():
-                    ended = self._conn.execute(_LEASE_END, {"b_id": lease_id, "b_state": state.value, "b_ended": now})
+                with self._write() as raw:
+                    ended = raw.execute(db.LEASE_END, (state.value, now, lease_id))
                     if ended.rowcount != 1:  # memory and database disagree: refuse rather than count blindly
                         raise RuntimeError(f"lease {lease_id} is active in memory but not in the database")
                     if outcome is Outcome.COUNTED:
-                        self._conn.execute(_CHUNK_TRAINED, {"b_id": slot.chunk_id})
-                        self._conn.execute(db.peers.update().where(db.peers.c.peer_id == peer_id).values(
-                            samples_contributed=db.peers.c.samples_contributed + n_samples,
-                            chunks_contributed=db.peers.c.chunks_contributed + 1))
+                        raw.execute(db.CHUNK_TRAINED, (slot.chunk_id,))
+                        raw.execute(db.PEER_CONTRIBUTED, (n_samples, peer_id))
                 self.queue.free(lease_id, trained=outcome is Outcome.COUNTED)
                 if outcome is Outcome.COUNTED:
                     self.peers.contributed(peer, samples=n_samples)
                     return ReportResult(outcome, n_samples, f"chunk {slot.chunk_id} counted")
                 return ReportResult(outcome, 0, f"lease {lease_id} expired before the report: not counted")
-            with self._conn.begin():  # not active: a finished lease (or none), looked up in the database
-                row = self._conn.execute(sa.select(db.leases.c.peer_id, db.leases.c.state, db.leases.c.deadline,
-                                                   db.leases.c.chunk_id).where(db.leases.c.id == lease_id)).first()
+            # Not active: a finished lease (or none), looked up in the database (autocommit read, no transaction).
+            row = self._raw.execute(db.LEASE_LOOKUP, (lease_id,)).fetchone()
             if row is None:
                 raise LeaseNotFound(f"lease {lease_id} does not exist: report the lease_id LeaseChunks returned")
-            if row.peer_id != peer_id:
+            owner, state, deadline, chunk_id = row
+            if owner != peer_id:
                 raise NotLeaseOwner(f"lease {lease_id} belongs to another peer")
-            outcome = report_outcome(lease_state=LeaseState(row.state), lease_deadline=row.deadline, now=now,
+            outcome = report_outcome(lease_state=LeaseState(state), lease_deadline=deadline, now=now,
                                      lease_is_current=False)
-            message = (f"lease {lease_id} was already reported; chunk {row.chunk_id} counted once"
+            message = (f"lease {lease_id} was already reported; chunk {chunk_id} counted once"
                        if outcome is Outcome.DUPLICATE else
-                       f"lease {lease_id} is {row.state}: chunk {row.chunk_id} was (or will be) counted for another "
-                       f"lease")
+                       f"lease {lease_id} is {state}: chunk {chunk_id} was (or will be) counted for another lease")
             return ReportResult(outcome, 0, message)
 
     def release(self, peer_id: str, lease_ids: Sequence[str] = ()) -> int:
@@ -394,16 +392,15 @@ class Store:
             else:
                 mine = self.queue.peer_leases(peer_id)
             if mine:
-                with self._conn.begin():
-                    self._conn.execute(_LEASE_END, [{"b_id": lid, "b_state": LeaseState.RELEASED.value,
-                                                     "b_ended": now} for lid in mine])
+                with self._write() as raw:
+                    raw.executemany(db.LEASE_END, [(LeaseState.RELEASED.value, now, lid) for lid in mine])
                 self._free_all(mine)
             return len(mine)
 
     def reap(self) -> int:
         """End every lease past its deadline (the lease path also does this lazily)."""
         with self._lock:
-            with self._conn.begin():
+            with self._write():
                 due = self._expire_due(self.clock())
                 self._free_all(due)
             return len(due)
