@@ -101,7 +101,11 @@ def test_every_bad_file_is_counted_and_good_ones_are_normalised(tmp_path):
 
     objects = open_storage(str(tmp_path / "objects"))
     stored = {info.key for info in objects.list()}
-    assert stored == {row.key for row in rows.values()}  # content-addressed, nothing else written
+    # content-addressed: the normalised images and their bucket copies, nothing else
+    assert stored == {row.key for row in rows.values()} | {row.bucket_key for row in rows.values()}
+    for row in rows.values():
+        with Image.open(__import__("io").BytesIO(objects.get(row.bucket_key))) as im:
+            assert im.format == "JPEG" and im.size == (row.bucket_width, row.bucket_height)
     original = (source / "good/a.jpg").read_bytes()
     a = rows["good/a.jpg"]
     assert objects.get(a.key) == original  # a plain RGB JPEG is stored as it is
@@ -109,6 +113,7 @@ def test_every_bad_file_is_counted_and_good_ones_are_normalised(tmp_path):
     for row in rows.values():  # every stored object is RGB and named by its own sha256
         data = objects.get(row.key)
         assert row.key.split("/")[1].split(".")[0] == hashlib.sha256(data).hexdigest()
+        assert row.bucket_key.split("/")[1].split(".")[0] == hashlib.sha256(objects.get(row.bucket_key)).hexdigest()
         with Image.open(__import__("io").BytesIO(data)) as im:
             assert im.mode == "RGB" and im.size == (row.width, row.height)
 
@@ -149,10 +154,14 @@ def test_changed_bucket_parameters_rebucket_existing_samples(tmp_path):
     write_pair(source, "wide.jpg", encode(photo(900, 300)), "wide")
     write_pair(source, "square.jpg", encode(photo(300, 300, seed=1)), "square")
     run(source, tmp_path, bucket_params=BucketParams(512, 256, 768))
+    before = samples(tmp_path)["wide.jpg"].bucket_key
     report = run(source, tmp_path, bucket_params=BucketParams(512, 256, 1024))
-    assert report.rebucketed == 1
+    assert report.rebucketed == 1 and report.prepared == 1  # a new bucket copy for the sample that moved
     wide = samples(tmp_path)["wide.jpg"]
     assert (wide.bucket_width, wide.bucket_height) == (832, 256)
+    assert wide.bucket_key != before
+    with Image.open(open_storage(str(tmp_path / "objects")).root / wide.bucket_key) as im:
+        assert im.size == (832, 256)
 
 
 def test_cli_ingest_and_stats(tmp_path, capsys):

@@ -98,10 +98,30 @@ def test_bad_encoding_or_quality(dataset_server):
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.value.details()
 
 
+def test_default_stream_sends_the_bucket_copy_made_at_ingest(dataset_server, small_dataset):
+    info = rows(small_dataset)
+    storage = open_storage(small_dataset["storage_url"])
+    messages = list(iter_chunk_messages(dataset_server.address, [1, 2, 3], timeout=30))
+    assert [m.image for m in messages] == [storage.get(info[i].bucket_key) for i in (1, 2, 3)]
+    # Another quality is resized on the fly from the stored image; the size is the same bucket.
+    [other] = iter_chunk_messages(dataset_server.address, [2], quality=80, timeout=30)
+    assert other.image != messages[1].image and (other.width, other.height) == (messages[1].width,
+                                                                                messages[1].height)
+
+
+def test_a_lost_bucket_copy_falls_back_to_resizing(dataset_server, small_dataset):
+    storage = open_storage(small_dataset["storage_url"])
+    sample = rows(small_dataset)[4]
+    (storage.root / sample.bucket_key).unlink()
+    [image, caption, sample_id] = next(iter_chunk_samples(dataset_server.address, [4], timeout=30))
+    assert image.size == (sample.bucket_width, sample.bucket_height) and sample_id == 4
+
+
 def test_missing_object_is_data_loss_naming_the_sample(dataset_server, small_dataset):
     storage = open_storage(small_dataset["storage_url"])
-    key = rows(small_dataset)[4].key
-    (storage.root / key).unlink()
+    sample = rows(small_dataset)[4]
+    (storage.root / sample.key).unlink()
+    (storage.root / sample.bucket_key).unlink()
     with pytest.raises(grpc.RpcError) as error:
         list(iter_chunk_messages(dataset_server.address, [1, 4, 2], timeout=30))
     assert error.value.code() == grpc.StatusCode.DATA_LOSS and "sample 4" in error.value.details()

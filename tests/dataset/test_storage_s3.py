@@ -101,7 +101,7 @@ def test_ingest_from_s3_into_s3_and_stream(moto_endpoint, tmp_path):
         report = ingest(source=source, index=index, storage=storage, progress=False)
         assert report.added == 4 and dict(report.skipped) == {"no_caption": 1, "not_an_image": 1}
         stored = {o["Key"] for o in client.list_objects_v2(Bucket="dataset-objects")["Contents"]}
-        assert len(stored) == 4 and all(k.startswith("v1/") for k in stored)
+        assert len(stored) == 8 and all(k.startswith("v1/") for k in stored)  # 4 images + 4 bucket copies
 
         again = ingest(source=source, index=index, storage=storage, progress=False)
         assert (again.added, again.updated, again.unchanged) == (0, 0, 6)  # ETags unchanged: nothing fetched

@@ -40,6 +40,9 @@ class SampleRow(Base):
     bucket_width: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
     bucket_height: Mapped[int] = mapped_column(Integer, nullable=False)
     caption: Mapped[str] = mapped_column(Text, nullable=False)
+    # The image already resized and centre-cropped to its bucket (JPEG, imaging.PREPARED_QUALITY), made at ingest so
+    # the default stream is a pass-through. NULL when not made (yet) or when the sample moved to another bucket.
+    bucket_key: Mapped[str | None] = mapped_column(String, nullable=True)
     source: Mapped[str] = mapped_column(String, nullable=False)  # the ingest SOURCE (folder URL or s3://bucket/prefix)
     source_key: Mapped[str] = mapped_column(String, nullable=False)  # the image's key within the source
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)  # bytes of the source image
@@ -80,6 +83,7 @@ class SampleInfo:
     bucket_width: int
     bucket_height: int
     caption: str
+    bucket_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class IndexStats:
 
 def _sample_info(row: SampleRow) -> SampleInfo:
     return SampleInfo(id=row.id, key=row.key, width=row.width, height=row.height, bucket_width=row.bucket_width,
-                      bucket_height=row.bucket_height, caption=row.caption)
+                      bucket_height=row.bucket_height, caption=row.caption, bucket_key=row.bucket_key)
 
 
 class Index:
@@ -119,6 +123,14 @@ class Index:
             cursor.close()
 
         Base.metadata.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after the first release, so indexes written by an older version keep working."""
+        with self.engine.begin() as conn:
+            columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(samples)")}
+            if "bucket_key" not in columns:
+                conn.exec_driver_sql("ALTER TABLE samples ADD COLUMN bucket_key VARCHAR")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -154,9 +166,9 @@ class Index:
                     select(SampleRow.id, SampleRow.width, SampleRow.height, SampleRow.bucket_width,
                            SampleRow.bucket_height)).all():
                 new = nearest_bucket(width, height, buckets)
-                if new != (bw, bh):
+                if new != (bw, bh):  # its prepared copy is for the old bucket: the next ingest makes a new one
                     s.execute(update(SampleRow).where(SampleRow.id == sample_id)
-                              .values(bucket_width=new[0], bucket_height=new[1]))
+                              .values(bucket_width=new[0], bucket_height=new[1], bucket_key=None))
                     moved += 1
         return moved
 
@@ -198,6 +210,18 @@ class Index:
         with self.session() as s, s.begin():
             s.execute(update(SampleRow).filter_by(source=source, source_key=source_key)
                       .values(caption=caption, signature=signature, ingested_at=time.time()))
+
+    def samples_without_prepared(self, *, source: str) -> list[SampleInfo]:
+        with self.session() as s:
+            rows = s.scalars(select(SampleRow).where(SampleRow.source == source, SampleRow.bucket_key.is_(None)))
+            return [_sample_info(row) for row in rows]
+
+    def set_prepared(self, *, sample_id: int, bucket: tuple[int, int], bucket_key: str) -> bool:
+        """Record a prepared copy, unless the sample moved to another bucket meanwhile."""
+        with self.session() as s, s.begin():
+            return s.execute(update(SampleRow).where(SampleRow.id == sample_id, SampleRow.bucket_width == bucket[0],
+                                                     SampleRow.bucket_height == bucket[1])
+                             .values(bucket_key=bucket_key)).rowcount == 1
 
     def record_skip(self, *, source: str, source_key: str, reason: str, detail: str, signature: str,
                     duplicate_of: int | None = None) -> None:

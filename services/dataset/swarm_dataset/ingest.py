@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from swarm.logs import get_logger
 from swarm_dataset import imaging
 from swarm_dataset.buckets import BucketParams, make_buckets, nearest_bucket
-from swarm_dataset.index import Index
+from swarm_dataset.index import Index, SampleInfo
 from swarm_dataset.pairing import (NO_CAPTION, CaptionError, CaptionOptions, Pair, image_signature, join_signature,
                                    pair_files, read_caption, split_signature)
 from swarm_dataset.storage import BadKeyError, LocalStorage, S3Storage, StorageError, content_key
@@ -42,6 +42,8 @@ class IngestOptions:
     limits: ValidationLimits = ValidationLimits()
     store_encoding: str = "jpeg"  # for images that must be re-encoded; plain RGB JPEGs are kept as they are
     store_quality: int = imaging.DEFAULT_QUALITY
+    # Also store each image resized and centre-cropped to its bucket, so the default stream needs no CPU.
+    prepare_buckets: bool = True
     workers: int = 4
 
     def __post_init__(self):
@@ -61,6 +63,7 @@ class IngestReport:
     skipped: Counter = field(default_factory=Counter)  # reason -> files skipped in this run
     normalised: Counter = field(default_factory=Counter)  # what normalisation did -> images
     rebucketed: int = 0
+    prepared: int = 0  # bucket copies made for samples that had none (older index, or moved bucket)
     missing: int = 0  # ingested before, gone from the source now
     seconds: float = 0.0
     index_samples: int = 0
@@ -70,7 +73,7 @@ class IngestReport:
         return {"source": self.source, "files": self.files, "images": self.images, "added": self.added,
                 "updated": self.updated, "unchanged": self.unchanged, "skipped": dict(sorted(self.skipped.items())),
                 "skipped_total": sum(self.skipped.values()), "normalised": dict(sorted(self.normalised.items())),
-                "rebucketed": self.rebucketed, "missing": self.missing, "seconds": round(self.seconds, 3),
+                "rebucketed": self.rebucketed, "prepared": self.prepared, "missing": self.missing, "seconds": round(self.seconds, 3),
                 "index": {"samples": self.index_samples, "skipped": self.index_skipped}}
 
     def summary(self) -> str:
@@ -82,6 +85,8 @@ class IngestReport:
             lines.append("  normalised: " + ", ".join(f"{k} {n}" for k, n in sorted(self.normalised.items())))
         if self.rebucketed:
             lines.append(f"  bucket parameters changed: {self.rebucketed} samples moved to another bucket")
+        if self.prepared:
+            lines.append(f"  {self.prepared} bucket copies made for samples that had none")
         if self.missing:
             lines.append(f"  {self.missing} files ingested before are gone from the source (--prune removes them)")
         lines.append(f"  index now holds {self.index_samples} samples")
@@ -108,6 +113,26 @@ class _Ingester:
     def __init__(self, *, source: LocalStorage | S3Storage, index: Index, storage: LocalStorage | S3Storage,
                  buckets: list[tuple[int, int]], options: IngestOptions):
         self.source, self.index, self.storage, self.buckets, self.options = source, index, storage, buckets, options
+
+    def put(self, data: bytes, extension: str) -> str:
+        """Store content-addressed (once: identical bytes have the same key) and return the key."""
+        key = content_key(_sha256(data), extension)
+        if not self.storage.exists(key):
+            self.storage.put(key, data)
+        return key
+
+    def prepare(self, sample: SampleInfo) -> bool:
+        """Make the bucket copy of an already stored sample (runs in a worker thread)."""
+        try:
+            data = self.storage.get(sample.key)
+            prepared = imaging.bucket_bytes(data, sample.bucket_width, sample.bucket_height, encoding="jpeg",
+                                            quality=imaging.PREPARED_QUALITY)
+            bucket_key = self.put(prepared, "jpg")
+        except Exception as e:  # the stream falls back to resizing on the fly; the next ingest tries again
+            logger.warning(f"could not prepare the bucket copy of sample {sample.id}: {e}")
+            return False
+        return self.index.set_prepared(sample_id=sample.id, bucket=(sample.bucket_width, sample.bucket_height),
+                                       bucket_key=bucket_key)
 
     def caption(self, pair: Pair) -> str:
         if pair.caption is None:
@@ -138,16 +163,19 @@ class _Ingester:
                 stored = imaging.encode(checked.image, encoding=self.options.store_encoding,
                                         quality=self.options.store_quality)
                 extension = imaging.EXTENSIONS[self.options.store_encoding]
-            key = content_key(_sha256(stored), extension)
-            if not self.storage.exists(key):
-                self.storage.put(key, stored)
+            key = self.put(stored, extension)
             width, height = checked.size
             bucket_width, bucket_height = nearest_bucket(width, height, self.buckets)
+            bucket_key = None
+            if self.options.prepare_buckets:
+                prepared = imaging.encode(imaging.resize_to_bucket(checked.image, bucket_width, bucket_height),
+                                          encoding="jpeg", quality=imaging.PREPARED_QUALITY)
+                bucket_key = self.put(prepared, "jpg")
             outcome.notes = checked.notes
             outcome.values = dict(key=key, sha256=outcome.sha256, width=width, height=height,
-                                  bucket_width=bucket_width, bucket_height=bucket_height, caption=caption,
-                                  size=pair.image.size, stored_size=len(stored), version=pair.image.version,
-                                  signature=signature)
+                                  bucket_width=bucket_width, bucket_height=bucket_height, bucket_key=bucket_key,
+                                  caption=caption, size=pair.image.size, stored_size=len(stored),
+                                  version=pair.image.version, signature=signature)
         except CaptionError as e:
             outcome.reason, outcome.detail = e.reason, e.detail
         except BadKeyError as e:
@@ -252,6 +280,12 @@ def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStor
         while pending:
             ingester.record(pending.popleft().result(), report)
             bar.update(1)
+
+    if options.prepare_buckets:
+        unprepared = index.samples_without_prepared(source=source.url)
+        if unprepared:
+            with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="prepare") as pool:
+                report.prepared = sum(pool.map(ingester.prepare, unprepared))
 
     stats = index.stats()
     report.index_samples, report.index_skipped = stats.samples, dict(sorted(stats.skipped.items()))

@@ -1,5 +1,8 @@
 """`swarm dataset serve`: the gRPC Dataset service (StreamSamples, ListSamples, GetStats) over the ingested index.
 
+By default a sample is sent from the copy that ingest already resized and centre-cropped to its bucket (JPEG q95):
+no CPU here. Other encodings or qualities, random crops, and samples without such a copy are resized on the fly.
+
 StreamSamples is a generator the gRPC runtime pulls from as the client reads: gRPC's flow control stops the pull when
 the peer is slow, so the server never queues more than `read_ahead` samples per stream. The read-ahead runs on a
 bounded worker pool shared by all streams (storage GET + decode/resize/encode), so S3 latency overlaps and every core
@@ -53,6 +56,17 @@ class _StreamFailure(Exception):
 def _prepare(storage, sample: SampleInfo, *, as_stored: bool, encoding: str, quality: int,
              rng: random.Random | None) -> dataset_pb2.Sample:
     """Runs on the worker pool: fetch the stored bytes and (unless as_stored) resize them to the sample's bucket."""
+    if (not as_stored and rng is None and sample.bucket_key and encoding == "jpeg"
+            and quality == imaging.PREPARED_QUALITY):
+        try:  # the default request: the copy made at ingest is exactly what was asked for
+            image = storage.get(sample.bucket_key)
+            return dataset_pb2.Sample(sample_id=sample.id, image=image, caption=sample.caption,
+                                      width=sample.bucket_width, height=sample.bucket_height,
+                                      bucket_width=sample.bucket_width, bucket_height=sample.bucket_height,
+                                      encoding="jpeg")
+        except (KeyError, StorageError) as e:
+            logger.warning(f"sample {sample.id}: its bucket copy {sample.bucket_key} is unavailable ({e}); "
+                           f"resizing the stored image instead")
     try:
         data = storage.get(sample.key)
     except KeyError:
