@@ -42,6 +42,7 @@ def test_prefetcher_hands_fetch_errors_to_the_consumer_at_that_chunk(dataset_ser
         with pytest.raises(grpc.RpcError) as error:
             prefetcher.get(timeout=30)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND and "777" in error.value.details()
+        assert error.value.chunk_key == "bad"
         key, samples = prefetcher.get(timeout=30)  # the consumer decides; fetching goes on
         assert key == "after" and samples[0][2] == 2
 

@@ -86,11 +86,20 @@ def fetch_chunk(address: str, sample_ids: Sequence[int], *, retries: int = 3, ba
 _DONE = object()
 
 
+def _tag(error: Exception, key: Any) -> None:
+    """Say which chunk an error belongs to (`error.chunk_key`; None when the chunk source itself failed)."""
+    try:
+        error.chunk_key = key
+    except AttributeError:  # an exception type with __slots__: the consumer still gets the error itself
+        pass
+
+
 class ChunkPrefetcher:
     """Fetches chunks in a background thread into a bounded queue while the caller trains on the current one.
 
     `chunks` yields (key, sample_ids) pairs; `key` is anything (a lease) and comes back with the samples. Iterating
-    the prefetcher yields (key, samples) in order; an error while fetching is raised to the caller at that chunk.
+    the prefetcher yields (key, samples) in order; an error while fetching is raised to the caller at that chunk,
+    with `error.chunk_key` set to the chunk's key (None when iterating `chunks` itself failed).
     `depth` finished chunks are held at most (plus the one being streamed), so memory stays bounded.
     """
 
@@ -129,11 +138,13 @@ class ChunkPrefetcher:
                                           channel=self._channel, **self._options)
                     item: tuple = (key, samples, None)
                 except Exception as e:  # handed to the consumer, who decides (skip the lease, stop, ...)
+                    _tag(e, key)
                     item = (key, None, e)
                 if not self._put(item):
                     return
         except Exception as e:  # the chunk source itself failed (e.g. leasing from the coordinator)
             logger.warning(f"chunk source failed: {e}")
+            _tag(e, None)
             self._put((None, None, e))
             return
         self._put(_DONE)
