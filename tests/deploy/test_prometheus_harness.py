@@ -12,7 +12,7 @@ from swarm.procs import start_service
 from swarm.rpc import channel, token_metadata
 from swarm.v1 import coordinator_pb2, coordinator_pb2_grpc
 from tests.deploy.dashboards import alert_expressions, metric_family, metric_names, panel_queries, substitute_variables
-from tests.e2e.prometheus_server import running_prometheus
+from tests.e2e.prometheus_server import PrometheusUnavailable, running_prometheus
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,6 +38,7 @@ def test_prometheus_scrapes_a_real_coordinator_and_its_panels_return_data(tmp_pa
     with running_prometheus(tmp_path / "prometheus", targets) as prometheus:
         if prometheus is None:
             pytest.skip("prometheus is not installed: `make test-deps` installs Debian's prometheus package")
+        assert not isinstance(prometheus, PrometheusUnavailable), prometheus.reason
         # An unreachable dataset service: the coordinator keeps serving and reports its sync as failing.
         coordinator = start_service("coordinator", [
             "coordinator", "--listen", "127.0.0.1:0", "--db", db, "--dataset", "127.0.0.1:9", "--sync-interval", "1",

@@ -37,6 +37,13 @@ class PrometheusError(RuntimeError):
 
 
 @dataclass
+class PrometheusUnavailable:
+    """Stands in for the server when it would not start, so the swarm tests still run and the Prometheus tests fail
+    with this reason instead of taking the shared swarm run down with them."""
+    reason: str
+
+
+@dataclass
 class PrometheusServer:
     url: str
     process: subprocess.Popen
@@ -121,8 +128,9 @@ def _stop(process: subprocess.Popen, *, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def running_prometheus(workdir: str | Path, targets_file: str | Path, *, ready_timeout: float = 60.0,
-                       attempts: int = 3) -> Iterator[PrometheusServer | None]:
-    """Prometheus scraping whatever `targets_file` lists; yields None (with a warning) when it is not installed."""
+                       attempts: int = 3) -> Iterator[PrometheusServer | PrometheusUnavailable | None]:
+    """Prometheus scraping whatever `targets_file` lists; yields None (with a warning) when it is not installed and
+    PrometheusUnavailable when it is but would not start."""
     binary = shutil.which("prometheus")
     if binary is None:
         logger.warning("prometheus is not installed (`make test-deps` installs it); the swarm runs unscraped")
@@ -132,14 +140,17 @@ def running_prometheus(workdir: str | Path, targets_file: str | Path, *, ready_t
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(scrape_config(targets_file), sort_keys=False))
+    server = None
     for attempt in range(1, attempts + 1):
         try:  # free_port() can race with another process taking the port before Prometheus binds it
             server = _start(binary, workdir, config_path, ready_timeout=ready_timeout)
             break
-        except RuntimeError:
-            if attempt == attempts:
-                raise
-            logger.warning(f"prometheus failed to start (attempt {attempt}); retrying on another port")
+        except (RuntimeError, TimeoutError) as e:
+            logger.warning(f"prometheus failed to start (attempt {attempt} of {attempts}): {e}")
+            failure = str(e)
+    if server is None:
+        yield PrometheusUnavailable(reason=f"prometheus would not start: {failure}")
+        return
     try:
         yield server
     finally:

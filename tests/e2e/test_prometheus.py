@@ -8,6 +8,7 @@ import pytest
 
 from tests.deploy.dashboards import (alert_expressions, metric_family, metric_names, panel_queries,
                                      substitute_variables)
+from tests.e2e.prometheus_server import PrometheusUnavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -19,6 +20,8 @@ def prometheus(swarm_run):
     server = swarm_run["prometheus"]
     if server is None:
         pytest.skip("prometheus is not installed: `make test-deps` installs Debian's prometheus package")
+    if isinstance(server, PrometheusUnavailable):
+        pytest.fail(server.reason)
     return server
 
 
