@@ -245,7 +245,8 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
             store, bootstrap_peers=bootstrap_peers, dataset_address=dataset_public_address or dataset or "",
             heartbeat_interval=heartbeat_interval), server)
         address = bind(server, listen)
-        sync = DatasetSync(store, address=dataset, token=dataset_token, interval=sync_interval) if dataset else None
+        sync = (DatasetSync(store, address=dataset, token=dataset_token, interval=sync_interval,
+                            retry_interval=min(2.0, sync_interval)) if dataset else None)
         collector = metrics.ProgressCollector(store.progress, dataset_up=lambda: sync.up if sync else None,
                                               peer_ttl=peer_ttl, clock=clock)
         unregister = metrics.register_collector(collector)
