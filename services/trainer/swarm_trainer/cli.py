@@ -1,2 +1,141 @@
-def register(subparsers):
-    """Adds this service's subcommands (filled in as the service lands)."""
+"""`swarm train`: join a swarm and fine-tune with it. Heavy imports (torch, hivemind) wait until the command runs."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+COMPRESSIONS = ("none", "fp16", "8bit", "adaptive")  # swarm_trainer.swarm.COMPRESSIONS, without importing torch
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 4096, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {text}")
+    return value
+
+
+def _address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
+    return text
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="join a swarm and train: lease chunks, average with peers, save checkpoints",
+        description="Join the swarm run by the coordinator at --coordinator: fetch the run config, train leased "
+                    "chunks with hivemind.Optimizer, heartbeat and report them done, and at the end meet the other "
+                    "peers so everyone leaves with the same parameters. Writes OUTPUT/summary.json and diffusers "
+                    "checkpoints under OUTPUT/checkpoints/. SIGTERM/Ctrl-C releases leases, saves and leaves.")
+    p.add_argument("--coordinator", required=True, type=_address, help="HOST:PORT of the coordinator")
+    p.add_argument("--token", default=None, help="join token (default: env SWARM_TOKEN)")
+    p.add_argument("--output-dir", default="./runs/train", help="where checkpoints and summary.json go "
+                                                                "(default: %(default)s)")
+    p.add_argument("--name", default="", help="name shown in the swarm's status (default: the host name)")
+    p.add_argument("--batch-size", type=_batch_size, default=1, help="local batch per optimizer step "
+                                                                     "(default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="autocast compute precision; master weights stay fp32 (default: fp32 on CPU, bf16 on CUDA)")
+    net = p.add_argument_group("swarm networking (hivemind)")
+    net.add_argument("--host-maddrs", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
+                     help="multiaddrs to listen on (default: %(default)s)")
+    net.add_argument("--announce-maddrs", nargs="+", default=[], metavar="MADDR",
+                     help="public multiaddrs to announce, for a port-forwarded peer (e.g. /ip4/PUBLIC_IP/tcp/PORT)")
+    net.add_argument("--client-mode", action="store_true",
+                     help="no inbound connections (behind NAT): join averaging through listening peers")
+    net.add_argument("--use-relay", action=argparse.BooleanOptionalAction, default=True,
+                     help="allow libp2p circuit relays (default: on)")
+    net.add_argument("--use-auto-relay", action="store_true", help="look for relays automatically (behind NAT)")
+    net.add_argument("--identity-path", default=None,
+                     help="private key file for a stable peer id across restarts (default: OUTPUT/identity.key)")
+    net.add_argument("--matchmaking-time", type=_positive, default=15.0,
+                     help="seconds to gather an averaging group (default: %(default)s; internet 10-15)")
+    net.add_argument("--averaging-timeout", type=_positive, default=120.0,
+                     help="seconds an averaging round may take before this peer proceeds with local gradients "
+                          "(default: %(default)s)")
+    net.add_argument("--load-state-timeout", type=_positive, default=600.0,
+                     help="seconds to download the swarm state from a peer (default: %(default)s)")
+    net.add_argument("--compression", choices=COMPRESSIONS, default="fp16",
+                     help="gradient compression; parameter averaging uses fp16 unless none (default: %(default)s)")
+    net.add_argument("--average-state-every", type=int, default=1, metavar="N",
+                     help="average parameters with peers every N global epochs (default: %(default)s)")
+    net.add_argument("--no-offload-optimizer", dest="offload_optimizer", action="store_false",
+                     help="keep the optimizer state on the device instead of host RAM")
+    p.add_argument("--barrier-timeout", type=_positive, default=300.0,
+                   help="seconds to wait at the end for the other peers before leaving anyway (default: %(default)s)")
+    p.add_argument("--metrics-port", type=_port, default=9102,
+                   help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--ready-file", help="write {peer_id, metrics_port, multiaddrs, ...} as JSON here once the DHT "
+                                        "and optimizer are up")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    p.add_argument("--verbose-hivemind", action="store_true", help="show hivemind's matchmaking/averaging lines")
+    p.set_defaults(func=run_train)
+
+
+def options_from_args(args):
+    """argparse namespace -> TrainerOptions (validated); separate so tests can build options like the CLI does."""
+    import socket
+
+    from swarm.cli import UsageError
+    from swarm_trainer.loop import TrainerOptions
+    from swarm_trainer.swarm import SwarmOptions
+
+    token = args.token or os.environ.get("SWARM_TOKEN") or None
+    if not token:
+        raise UsageError("no join token: pass --token or set SWARM_TOKEN (the host creates one with "
+                         "`swarm token create`)")
+    if args.average_state_every < 1:
+        raise UsageError(f"--average-state-every must be >= 1, got {args.average_state_every}")
+    for maddr in [*args.host_maddrs, *args.announce_maddrs]:
+        if not maddr.startswith("/"):
+            raise UsageError(f"{maddr!r} is not a multiaddr; write it like /ip4/0.0.0.0/tcp/31337")
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    identity = args.identity_path or str(output_dir / "identity.key")
+    swarm = SwarmOptions(
+        host_maddrs=tuple(args.host_maddrs), announce_maddrs=tuple(args.announce_maddrs),
+        client_mode=args.client_mode, use_relay=args.use_relay, use_auto_relay=args.use_auto_relay,
+        identity_path=identity, matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
+        load_state_timeout=args.load_state_timeout, compression=args.compression,
+        average_state_every=args.average_state_every, offload_optimizer=args.offload_optimizer,
+        verbose=args.verbose_hivemind)
+    return TrainerOptions(
+        coordinator=args.coordinator, token=token, output_dir=output_dir, name=args.name or socket.gethostname(),
+        batch_size=args.batch_size, device=args.device, precision=args.precision, swarm=swarm,
+        barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, ready_file=args.ready_file,
+        progress=args.progress)
+
+
+def run_train(args) -> int:
+    options = options_from_args(args)
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    from swarm_trainer.loop import PeerRun
+
+    run = PeerRun(options)
+    run.install_signal_handlers()
+    return run.run()

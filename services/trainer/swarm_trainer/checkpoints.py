@@ -1,0 +1,83 @@
+"""Checkpoints: diffusers pipeline folders (StableDiffusionPipeline loads them) under OUTPUT/checkpoints/.
+
+OUTPUT/checkpoints/epoch-NNNNNN/ holds model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (no
+safety checker). A folder is written under a temporary name and renamed when complete, so a crash never leaves a
+half checkpoint that looks whole, and only the newest `keep` are kept: the 2022 trainer filled disks.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from swarm.logs import get_logger
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{6,})$")
+
+
+def checkpoint_dir(output_dir: str | Path, epoch: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"epoch-{epoch:06d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first, as (global epoch, folder)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir() and (path / "model_index.json").exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, *, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (and leftovers of interrupted saves); returns what went."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    removed = [path for _, path in list_checkpoints(output_dir)[:-keep]]
+    root = Path(output_dir) / "checkpoints"
+    if root.is_dir():
+        removed += [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info(f"removed old checkpoint {path}")
+    return removed
+
+
+def save_pipeline(models, folder: str | Path, *, ema_unet=None) -> Path:
+    """Write a StableDiffusionPipeline folder; the EMA UNet, when given, is saved as the pipeline's UNet."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
+        unet=ema_unet if ema_unet is not None else models.unet, scheduler=models.noise_scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(str(folder), safe_serialization=True)
+    return Path(folder)
+
+
+def save_checkpoint(models, output_dir: str | Path, *, epoch: int, keep: int, ema_unet=None,
+                    extra_files: dict[str, bytes] | None = None) -> Path:
+    """Save the models as checkpoints/epoch-NNNNNN (replacing one of the same epoch), then prune to `keep`."""
+    final = checkpoint_dir(output_dir, epoch)
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    save_pipeline(models, tmp, ema_unet=ema_unet)
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_bytes(data)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    logger.info(f"saved checkpoint {final}")
+    prune_checkpoints(output_dir, keep=keep)
+    return final.resolve()

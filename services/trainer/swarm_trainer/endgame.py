@@ -1,0 +1,155 @@
+"""The end of a run: every peer leaves with the same parameters.
+
+Gradient averaging keeps peers identical only while every round includes everyone. Two peers that start at the
+same moment may each finish the first epoch alone, and a failed round makes a peer step with its local gradients;
+afterwards their parameters (and Adam statistics) differ slightly for good. So after the coordinator's barrier
+(every live peer finished, all at the swarm's epoch; laggards already downloaded the newest state) the peers run
+this final sync through the DHT:
+
+1. One ANCHOR is chosen without talking: the smallest peer id among the finished non-client peers (client-mode
+   peers take no inbound connections and cannot serve their state).
+2. Every other peer stops serving its own state, then publishes a fingerprint of its parameters.
+3. Once everyone has published (or a deadline passed), each non-anchor whose fingerprint differs from the anchor's
+   downloads the state with load_state_from_peers(); only the anchor still serves, and downloads are uncompressed,
+   so it gets exactly the anchor's parameters. In the common case (every round averaged) nothing is downloaded.
+4. Each non-anchor publishes "synced"; the anchor stays up until all have, so nobody is left without a source.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from swarm.logs import get_logger
+
+logger = get_logger(__name__)
+
+# A fingerprint holds, per tensor, its RMS and PROJECTIONS random +-1 projections scaled by 1/sqrt(numel): the
+# difference of two projections is about the RMS of the element-wise difference, so the tolerance below reads like an
+# element-wise one (10x stricter than "equal within float tolerance" at atol 1e-5, rtol 1e-4), while plain sums
+# would average real divergence away.
+PROJECTIONS = 2
+FINGERPRINT_RTOL = 1e-5
+FINGERPRINT_ATOL = 1e-6
+_PROJECTION_SEED = 20221
+
+
+def parameter_fingerprint(params: Iterable[torch.Tensor]) -> list[float]:
+    """[rms, projection 1, projection 2] per tensor: a few floats per tensor, small enough for the DHT."""
+    values: list[float] = []
+    generator = torch.Generator().manual_seed(_PROJECTION_SEED)
+    with torch.no_grad():
+        for p in params:
+            flat = p.detach().reshape(-1).to("cpu", torch.float64)
+            scale = 1.0 / max(1, flat.numel()) ** 0.5
+            values.append(float(flat.norm()) * scale)
+            for _ in range(PROJECTIONS):
+                signs = torch.randint(0, 2, flat.shape, generator=generator, dtype=torch.int8).to(torch.float64)
+                values.append(float(flat @ (signs * 2 - 1)) * scale)
+    return values
+
+
+def fingerprints_match(a: Sequence[float], b: Sequence[float], *, rtol: float = FINGERPRINT_RTOL,
+                       atol: float = FINGERPRINT_ATOL) -> bool:
+    """Equal within float tolerance (peers that averaged every round differ by rounding only)."""
+    if len(a) != len(b):
+        return False
+    stride = PROJECTIONS + 1
+    for start in range(0, len(a), stride):
+        rms = max(abs(a[start]), abs(b[start]))
+        if any(abs(x - y) > atol + rtol * rms for x, y in zip(a[start:start + stride], b[start:start + stride])):
+            return False
+    return True
+
+
+def choose_anchor(peers: Iterable[tuple[str, bool]]) -> str | None:
+    """The smallest peer id among (peer_id, client_mode) pairs that can serve state; None if none can."""
+    candidates = sorted(peer_id for peer_id, client_mode in peers if not client_mode)
+    return candidates[0] if candidates else None
+
+
+def _sync_key(run_id: str) -> str:
+    return f"{run_id}_final_sync"
+
+
+def _read_records(dht, run_id: str) -> dict[str, dict]:
+    from hivemind.utils import ValueWithExpiration
+
+    found = dht.get(_sync_key(run_id), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    records = {}
+    for subkey, item in found.value.items():
+        if isinstance(item, ValueWithExpiration) and isinstance(item.value, dict):
+            records[str(subkey)] = item.value
+    return records
+
+
+def _publish(dht, run_id: str, peer_id: str, record: dict, *, ttl: float) -> None:
+    from hivemind.utils import get_dht_time
+
+    dht.store(_sync_key(run_id), subkey=peer_id, value=record, expiration_time=get_dht_time() + ttl)
+
+
+def _poll(predicate: Callable[[], bool], *, deadline: float, interval: float = 0.5) -> bool:
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def final_sync(*, optimizer, dht, run_id: str, peer_id: str, participants: Sequence[tuple[str, bool]],
+               params: Sequence[torch.Tensor], timeout: float = 300.0) -> str:
+    """Run the final sync; returns "anchor", "matched", "downloaded", "alone" or "timeout" (logged as a warning)."""
+    peer_ids = sorted({pid for pid, _ in participants} | {peer_id})
+    if len(peer_ids) == 1:
+        return "alone"
+    anchor = choose_anchor(participants)
+    if anchor is None:
+        logger.warning("final sync: every finished peer is in client mode, none can serve its state; skipping")
+        return "timeout"
+    deadline = time.monotonic() + timeout
+    ttl = timeout + 60
+    # Background state averaging from the last epoch must land before the fingerprint is taken.
+    optimizer.state_averager.step(wait_for_delayed_updates=True)
+    is_anchor = peer_id == anchor
+    if not is_anchor:
+        _stop_sharing_state(optimizer)
+    fingerprint = parameter_fingerprint(params)
+    _publish(dht, run_id, peer_id, {"fingerprint": fingerprint, "synced": is_anchor}, ttl=ttl)
+
+    if is_anchor:
+        others = [pid for pid in peer_ids if pid != peer_id]
+        done = _poll(lambda: all(_read_records(dht, run_id).get(pid, {}).get("synced") for pid in others),
+                     deadline=deadline)
+        if not done:
+            missing = [pid for pid in others if not _read_records(dht, run_id).get(pid, {}).get("synced")]
+            logger.warning(f"final sync: gave up waiting for {missing} after {timeout:.0f} s")
+            return "timeout"
+        return "anchor"
+
+    # Wait for everyone's record: a record means that peer no longer serves state, so a download can only come
+    # from the anchor.
+    everyone = _poll(lambda: set(peer_ids) <= set(_read_records(dht, run_id)), deadline=deadline)
+    records = _read_records(dht, run_id)
+    if anchor not in records:
+        logger.warning(f"final sync: the anchor {anchor} never published its fingerprint; keeping own parameters")
+        return "timeout"
+    if not everyone:
+        logger.warning("final sync: not every peer published; syncing with the anchor anyway")
+    outcome = "matched"
+    if not fingerprints_match(fingerprint, records[anchor]["fingerprint"]):
+        logger.info(f"final sync: parameters differ from the anchor {anchor}; downloading its state")
+        optimizer.load_state_from_peers()
+        outcome = "downloaded"
+    _publish(dht, run_id, peer_id, {"fingerprint": parameter_fingerprint(params), "synced": True}, ttl=ttl)
+    return outcome
+
+
+def _stop_sharing_state(optimizer) -> None:
+    for averager in (optimizer.state_averager, getattr(optimizer, "grad_averager", None)):
+        if averager is not None and not averager.client_mode:
+            averager.allow_state_sharing = False

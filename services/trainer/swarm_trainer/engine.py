@@ -1,0 +1,177 @@
+"""One peer's model replica and its optimizer: `train_batch` is one local batch, exactly one optimizer.step().
+
+Used by the coordinator-driven loop (loop.py) and directly by tests and benchmarks that need no coordinator.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from swarm.logs import get_logger
+from swarm.runconfig import RunConfig
+from swarm_trainer import metrics
+from swarm_trainer.model import SDModels, prepare_for_training, trainable_parameters
+from swarm_trainer.step import StepOptions, compute_loss, pil_to_pixels, tokenize
+from swarm_trainer.swarm import apply_lr, peers_in_last_round
+
+logger = get_logger(__name__)
+
+# summary.json's loss_first / loss_last: the mean over this many local steps at each end.
+LOSS_WINDOW = 5
+
+
+@dataclass
+class TrainStats:
+    """What this peer did, for summary.json, heartbeats and the progress bar. Thread-safe to read."""
+    losses: list[float] = field(default_factory=list)
+    samples_trained: int = 0
+    local_steps: int = 0
+    train_seconds: float = 0.0
+    _recent: deque = field(default_factory=lambda: deque(maxlen=20))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, *, loss: float, batch_size: int, seconds: float) -> None:
+        with self._lock:
+            self.losses.append(loss)
+            self.samples_trained += batch_size
+            self.local_steps += 1
+            self.train_seconds += seconds
+            self._recent.append((batch_size, seconds))
+
+    @property
+    def samples_per_s(self) -> float:
+        """Throughput over the recent steps (what the swarm can expect from this peer now)."""
+        with self._lock:
+            seconds = sum(s for _, s in self._recent)
+            return sum(b for b, _ in self._recent) / seconds if seconds > 0 else 0.0
+
+    @property
+    def mean_samples_per_s(self) -> float:
+        with self._lock:
+            return self.samples_trained / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def last_loss(self) -> float:
+        with self._lock:
+            return self.losses[-1] if self.losses else 0.0
+
+    def loss_first(self) -> float | None:
+        with self._lock:
+            window = self.losses[:LOSS_WINDOW]
+            return sum(window) / len(window) if window else None
+
+    def loss_last(self) -> float | None:
+        with self._lock:
+            window = self.losses[-LOSS_WINDOW:]
+            return sum(window) / len(window) if window else None
+
+
+class TrainEngine:
+    """Models + hivemind.Optimizer (+ hivemind.GradScaler for fp16) on one device."""
+
+    def __init__(self, *, models: SDModels, optimizer_factory, config: RunConfig, device: torch.device,
+                 precision: str = "fp32", batch_size: int = 1, lr_total_steps: int | None = None,
+                 generator: torch.Generator | None = None):
+        self.models, self.config, self.device = models, config, device
+        self.batch_size, self.lr_total_steps, self.generator = batch_size, lr_total_steps, generator
+        self.options = StepOptions(precision=precision)
+        prepare_for_training(models, device=device, train_text_encoder=config.train_text_encoder)
+        self.params = trainable_parameters(models, train_text_encoder=config.train_text_encoder)
+        # The optimizer is created here, after the models are on their device, in the caller's (main) thread.
+        self.optimizer = optimizer_factory(self.params)
+        self.grad_scaler = None
+        if precision == "fp16":
+            import hivemind
+
+            # hivemind's scaler, never torch's: it unscales the accumulated buffers once per global step.
+            self.grad_scaler = hivemind.GradScaler()
+        self.stats = TrainStats()
+
+    @property
+    def local_epoch(self) -> int:
+        return self.optimizer.local_epoch
+
+    def train_batch(self, images: Sequence, captions: Sequence[str]) -> float:
+        """Forward, backward and exactly one optimizer.step() for one local batch; returns the loss."""
+        started = time.perf_counter()
+        pixels = pil_to_pixels(images, device=self.device)
+        input_ids = tokenize(self.models.tokenizer, captions)
+        loss = compute_loss(self.models, pixels, input_ids, options=self.options, generator=self.generator)
+        if not torch.isfinite(loss):
+            # A non-finite loss would poison the accumulated gradients of the whole swarm; hivemind.GradScaler
+            # handles fp16 overflow, anything else is a bug worth stopping for.
+            if self.grad_scaler is None:
+                raise FloatingPointError(f"loss is {loss.item()} at local step {self.stats.local_steps}")
+        epoch_before = self.optimizer.local_epoch
+        lr = apply_lr(self.optimizer, self.config, total_steps=self.lr_total_steps)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            step_started = time.perf_counter()
+            self.optimizer.step(batch_size=len(images), grad_scaler=self.grad_scaler)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            step_started = time.perf_counter()
+            self.optimizer.step(batch_size=len(images))
+        finished = time.perf_counter()
+        if self.optimizer.local_epoch != epoch_before:
+            metrics.AVERAGING_SECONDS.observe(finished - step_started)
+        loss_value = float(loss.detach())
+        self.stats.record(loss=loss_value, batch_size=len(images), seconds=finished - started)
+        self._update_metrics(loss=loss_value, lr=lr, batch_size=len(images))
+        return loss_value
+
+    def _update_metrics(self, *, loss: float, lr: float, batch_size: int) -> None:
+        metrics.LOSS.set(loss)
+        metrics.LR.set(lr)
+        metrics.SAMPLES_PER_SECOND.set(self.stats.samples_per_s)
+        metrics.LOCAL_STEP.set(self.stats.local_steps)
+        metrics.GLOBAL_EPOCH.set(self.optimizer.local_epoch)
+        metrics.PEERS_IN_LAST_ROUND.set(peers_in_last_round(self.optimizer))
+        metrics.SAMPLES_TRAINED.inc(batch_size)
+        metrics.update_gpu_memory(self.device)
+
+    def idle_tick(self) -> bool:
+        """Keep in step with the swarm while this peer has no data (waiting for a chunk, or finished).
+
+        A zero-sample optimizer.step() lets hivemind move this peer to the next epoch together with the busy peers
+        and join their averaging round with weight 0, so it receives the same averaged gradients and makes the same
+        update. Otherwise the busy peers would look for it in matchmaking every round, and a listening peer that
+        fell behind a client-mode peer could never download the state back (client-mode peers serve no state).
+        Skipped while nobody in the swarm has accumulated anything this epoch, so a swarm of idle peers never
+        averages all-zero weights. Returns True when the tick moved this peer to a new epoch.
+        """
+        optimizer = self.optimizer
+        tracker, grad_averager = optimizer.tracker, optimizer.grad_averager
+        if tracker.global_progress.samples_accumulated <= 0 and tracker.global_epoch <= optimizer.local_epoch:
+            return False
+        epoch_before, times_before = optimizer.local_epoch, grad_averager.local_times_accumulated
+        optimizer.step(batch_size=0, grad_scaler=self.grad_scaler)
+        if optimizer.local_epoch == epoch_before and grad_averager.local_times_accumulated == times_before + 1:
+            # hivemind divides accumulated gradients by the number of step() calls: a zero-sample call must not
+            # count, or it would dilute the real gradients this peer accumulated before it ran out of data.
+            grad_averager.local_times_accumulated = times_before
+        if self.grad_scaler is not None:
+            self.grad_scaler.update()
+        metrics.GLOBAL_EPOCH.set(optimizer.local_epoch)
+        metrics.PEERS_IN_LAST_ROUND.set(peers_in_last_round(optimizer))
+        return optimizer.local_epoch != epoch_before
+
+    def behind_swarm(self) -> bool:
+        """True when listening peers are already in a later epoch than this one."""
+        return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
+
+    def load_state_from_peers(self) -> None:
+        """Download the swarm's newest parameters and optimizer state (late joiners and laggards)."""
+        self.optimizer.load_state_from_peers()
+        metrics.GLOBAL_EPOCH.set(self.optimizer.local_epoch)
+
+    def parameters_vector(self) -> torch.Tensor:
+        """All trainable parameters flattened on CPU (tests compare peers with it)."""
+        with torch.no_grad():
+            return torch.cat([p.detach().float().reshape(-1).cpu() for p in self.params])
