@@ -118,3 +118,25 @@ def test_empty_dataset_has_no_decay_span():
     cfg = RunConfig(lr_scheduler="linear")
     assert lr_total_steps(cfg, samples_total=0) == 0
     assert current_lr(cfg, epoch=100, samples_total=0) == cfg.lr
+
+
+def test_peer_table_counts_epochs_incrementally_like_the_reference_rule():
+    from swarm_coordinator.peers import PeerTable
+
+    rng = random.Random(7)
+    table = PeerTable(peer_ttl=30.0)
+    now = 0.0
+    for i in range(20):
+        table.register(f"p{i}", now=now, name="", multiaddrs=(), client_mode=False, batch_size=1)
+    for step in range(2000):
+        now += rng.random() * 0.3
+        peer = table.get(f"p{rng.randrange(20 if step < 1500 else 10)}")  # later on, half the peers go silent
+        table.heartbeat(peer, now=now, global_epoch=rng.randint(0, 6), loss=None, samples_per_s=0.0,
+                        finished=rng.random() < 0.2)
+        expected = rules.swarm_epochs((p.view() for p in table.all()), now=now, peer_ttl=30.0)
+        got = table.epochs(now=now)
+        # Exact for epochs and finished flags at once; liveness may lag the clock by up to the recount interval.
+        if all(rules.peer_alive(p.last_seen, now=now - 1.0, peer_ttl=30.0) == rules.peer_alive(
+                p.last_seen, now=now, peer_ttl=30.0) for p in table.all()):
+            assert got == expected, step
+    assert table.epochs(now=now + 1.5).peers_alive == 10
