@@ -49,9 +49,10 @@ def test_open_storage_urls(tmp_path):
         open_storage("s3:///prefix", endpoint_url="http://127.0.0.1:1")
 
 
-def test_s3_storage_put_get_list_with_prefix(moto_endpoint):
-    storage = open_storage("s3://store-test/some/prefix", endpoint_url=moto_endpoint)
-    assert isinstance(storage, S3Storage)
+@pytest.mark.parametrize("presigned_gets", [True, False])
+def test_s3_storage_put_get_list_with_prefix(moto_endpoint, presigned_gets):
+    storage = S3Storage("store-test", "some/prefix", endpoint_url=moto_endpoint, presigned_gets=presigned_gets)
+    assert isinstance(open_storage("s3://store-test/some/prefix", endpoint_url=moto_endpoint), S3Storage)
     storage.ensure_bucket()
     storage.put("a/b.jpg", b"one")
     storage.put("a/c d ☃.jpg", b"two")

@@ -115,10 +115,10 @@ class _Ingester:
         self.source, self.index, self.storage, self.buckets, self.options = source, index, storage, buckets, options
 
     def put(self, data: bytes, extension: str) -> str:
-        """Store content-addressed (once: identical bytes have the same key) and return the key."""
+        """Store content-addressed and return the key. Identical bytes have the same key, so a second PUT of the same
+        content rewrites the same object: no HEAD first (new content is the common case)."""
         key = content_key(_sha256(data), extension)
-        if not self.storage.exists(key):
-            self.storage.put(key, data)
+        self.storage.put(key, data)
         return key
 
     def prepare(self, sample: SampleInfo) -> bool:
@@ -126,7 +126,7 @@ class _Ingester:
         try:
             data = self.storage.get(sample.key)
             prepared = imaging.bucket_bytes(data, sample.bucket_width, sample.bucket_height, encoding="jpeg",
-                                            quality=imaging.PREPARED_QUALITY)
+                                            quality=imaging.PREPARED_QUALITY, resample=imaging.INGEST_RESAMPLE)
             bucket_key = self.put(prepared, "jpg")
         except Exception as e:  # the stream falls back to resizing on the fly; the next ingest tries again
             logger.warning(f"could not prepare the bucket copy of sample {sample.id}: {e}")
