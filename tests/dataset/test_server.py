@@ -150,6 +150,23 @@ def test_list_samples_pages_and_get_stats(dataset_server, small_dataset):
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_client_that_goes_away_is_counted_as_cancelled(dataset_server):
+    from prometheus_client import REGISTRY
+
+    def cancelled():
+        return REGISTRY.get_sample_value("swarm_dataset_stream_errors_total", {"reason": "cancelled"}) or 0.0
+
+    before = cancelled()
+    stream = iter_chunk_messages(dataset_server.address, [1] * 2000, timeout=30)
+    next(stream)
+    stream.close()  # closes the channel mid-stream
+    deadline = time.monotonic() + 10
+    while cancelled() == before:
+        assert time.monotonic() < deadline, "the abandoned stream was not counted"
+        time.sleep(0.05)
+    assert len(list(iter_chunk_messages(dataset_server.address, [1, 2], timeout=30))) == 2
+
+
 def test_metrics_count_streams(small_dataset):
     running = start_server(index_path=small_dataset["index_path"], listen="127.0.0.1:0", metrics_port=0)
     try:

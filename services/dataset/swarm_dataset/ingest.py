@@ -230,8 +230,10 @@ def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStor
     report.rebucketed = index.set_bucket_params(bucket_params)
     ingester = _Ingester(source=source, index=index, storage=storage, buckets=make_buckets(bucket_params),
                          options=options)
+    logger.info(f"listing {source.url} ...")
     listing = list(source.list())
     report.files = len(listing)
+    logger.info(f"{len(listing)} files under {source.url} ({time.monotonic() - started:.1f} s)")
     pairing = pair_files(listing)
     report.images = len(pairing.pairs)
     known = index.known_signatures(source.url)

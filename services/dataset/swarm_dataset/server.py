@@ -138,7 +138,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
         ACTIVE_STREAMS.inc()
         pending: deque[Future] = deque()
         todo = iter(samples)
-        completed = False
+        finished = False  # completed, or failed with its own counted reason: anything else is a cancelled stream
         try:
             for sample in todo:
                 pending.append(self.pool.submit(_prepare, self.storage, sample, as_stored=as_stored,
@@ -150,6 +150,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
                     message = pending.popleft().result()
                 except _StreamFailure as failure:
                     logger.warning(failure.message)
+                    finished = True
                     self._refuse(context, failure.code, failure.reason, failure.message)
                 next_sample = next(todo, None)  # keep the window full before blocking on the send
                 if next_sample is not None:
@@ -158,11 +159,11 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
                 yield message  # returns only when gRPC wants the next one: that is the backpressure
                 SAMPLES_STREAMED.inc()
                 BYTES_STREAMED.inc(len(message.image))
-            completed = True
+            finished = True
         finally:
             for future in pending:  # a cancelled or failed stream leaves no work behind
                 future.cancel()
-            if not completed and context.is_active() is False:
+            if not finished:  # the client went away (or its deadline passed) mid-stream
                 STREAM_ERRORS.labels(reason="cancelled").inc()
             ACTIVE_STREAMS.dec()
             STREAM_SECONDS.observe(time.monotonic() - started)
