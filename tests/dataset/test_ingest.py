@@ -168,7 +168,7 @@ def test_cli_ingest_and_stats(tmp_path, capsys):
     source = tmp_path / "source"
     messy_folder(source)
     config = tmp_path / "run.yaml"
-    config.write_text("resolution: 512\nbuckets_side_min: 256\nbuckets_side_max: 768\n")
+    config.write_text("resolution: 512\nbuckets_side_min: 256\nbuckets_side_max: 1024\n")
     with pytest.raises(SystemExit) as exit_info:
         swarm_main(["ingest", str(source), "--index", str(tmp_path / "i.sqlite"), "--storage",
                     (tmp_path / "objects").as_uri(), "--config", str(config), "--json", "--no-progress"])
@@ -177,11 +177,17 @@ def test_cli_ingest_and_stats(tmp_path, capsys):
     assert report["added"] == GOOD and report["skipped"] == EXPECTED_SKIPS
     assert report["skipped_total"] == sum(EXPECTED_SKIPS.values())
 
+    # A re-ingest without bucket options keeps the index's buckets (no surprise re-bucketing to the defaults).
+    with pytest.raises(SystemExit):
+        swarm_main(["ingest", str(source), "--index", str(tmp_path / "i.sqlite"), "--json", "--no-progress"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["rebucketed"] == 0 and again["unchanged"] == report["images"] + 2
+
     with pytest.raises(SystemExit) as exit_info:
         swarm_main(["dataset", "stats", "--index", str(tmp_path / "i.sqlite")])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert f"samples: {GOOD}" in out and "768 x 256" in out and "truncated: 1" in out
+    assert f"samples: {GOOD}" in out and "832 x 256" in out and "truncated: 1" in out  # buckets from the config
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,7 +8,8 @@ import json
 def _add_bucket_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("aspect buckets (from the run config, or given here)")
     group.add_argument("--config", metavar="RUN.yaml",
-                       help="run config whose resolution / buckets_side_min / buckets_side_max set the buckets")
+                       help="run config whose resolution / buckets_side_min / buckets_side_max set the buckets "
+                            "(without it and the flags below: what the index was built with, else 512 / 256 / 768)")
     group.add_argument("--resolution", type=int, help="base resolution (max bucket area = resolution²; default 512)")
     group.add_argument("--buckets-side-min", type=int, help="shortest bucket side (default 256)")
     group.add_argument("--buckets-side-max", type=int, help="longest bucket side (default 768)")
@@ -90,13 +91,21 @@ def register(subparsers) -> None:
     stats.set_defaults(func=_run_stats)
 
 
-def _bucket_params(args):
+def _bucket_params(args, recorded=None):
+    """From --config, else the flags, else what the index was built with (`recorded`), else the defaults."""
     from swarm.runconfig import ConfigError, RunConfig, load_yaml
     from swarm_dataset.buckets import BucketParams
 
-    config = load_yaml(args.config) if args.config else RunConfig()
-    values = {"resolution": config.resolution, "side_min": config.buckets_side_min,
-              "side_max": config.buckets_side_max}
+    if args.config:
+        config = load_yaml(args.config)
+        values = {"resolution": config.resolution, "side_min": config.buckets_side_min,
+                  "side_max": config.buckets_side_max}
+    elif recorded is not None:  # a re-ingest without bucket options keeps the buckets the index has
+        values = {"resolution": recorded.resolution, "side_min": recorded.side_min, "side_max": recorded.side_max}
+    else:
+        defaults = RunConfig()
+        values = {"resolution": defaults.resolution, "side_min": defaults.buckets_side_min,
+                  "side_max": defaults.buckets_side_max}
     for name, arg in (("resolution", "resolution"), ("side_min", "buckets_side_min"),
                       ("side_max", "buckets_side_max")):
         if getattr(args, arg) is not None:
@@ -117,7 +126,6 @@ def _run_ingest(args) -> int:
     from swarm_dataset.storage import StorageError, open_storage
     from swarm_dataset.validate import ValidationLimits
 
-    params = _bucket_params(args)
     fields = tuple(f.strip() for f in args.caption_fields.split(",") if f.strip()) if args.caption_fields \
         else DEFAULT_CAPTION_FIELDS
     try:
@@ -134,6 +142,7 @@ def _run_ingest(args) -> int:
         raise UsageError(f"SOURCE {args.source} is not a folder (or an s3://bucket/prefix URL)")
     index = Index(args.index)
     try:
+        params = _bucket_params(args, recorded=index.bucket_params())
         storage_url = args.storage or index.get_meta("storage_url") or str(Path(args.index).absolute().parent
                                                                            / "objects")
         try:
