@@ -200,6 +200,36 @@ def client_process(index: int, address: str, token: str, peer_ids: list[str], wi
     results.put(phases)
 
 
+def store_capacity(db_path: str, *, peers: int, seconds: float) -> dict:
+    """The coordinator's own work without gRPC: the store's lease/heartbeat/report cycle in process, one thread."""
+    from swarm_coordinator.store import Store
+
+    store = Store.open(db_path, lease_ttl=600, peer_ttl=600)
+    try:
+        for i in range(peers):
+            store.register(f"storepeer{i:05d}", multiaddrs=[f"/ip4/10.0.0.1/tcp/{i}"])
+        latencies: list[float] = []
+        started = time.perf_counter()
+        i = 0
+        while time.perf_counter() - started < seconds:
+            peer_id = f"storepeer{i % peers:05d}"
+            i += 1
+            t0 = time.perf_counter()
+            grants = store.lease(peer_id, 1)
+            t1 = time.perf_counter()
+            store.heartbeat(peer_id, [g.lease_id for g in grants], global_epoch=i // 1000)
+            t2 = time.perf_counter()
+            for grant in grants:
+                store.report(peer_id, grant.lease_id)
+            latencies += [t1 - t0, t2 - t1, time.perf_counter() - t2]
+        wall = time.perf_counter() - started
+    finally:
+        store.close()
+    latencies.sort()
+    return {"ops_per_s": round(len(latencies) / wall, 1), "p50_ms": round(_percentile(latencies, 0.5) * 1e3, 3),
+            "p99_ms": round(_percentile(latencies, 0.99) * 1e3, 3)}
+
+
 def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -229,12 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=1000, help="simulated peers (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=2, help="client processes (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=8, help="calls in flight per client process "
+    parser.add_argument("--window", type=int, default=4, help="calls in flight per client process "
                                                               "(default: %(default)s)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of steady load (default: %(default)s)")
     parser.add_argument("--floor", type=float, default=4.0, help="seconds of health checks first: the gRPC floor on "
                                                                  "this machine; 0 skips it (default: %(default)s)")
     parser.add_argument("--chunks", type=int, default=5000, help="chunks seeded (default: %(default)s)")
+    parser.add_argument("--store-seconds", type=float, default=3.0, help="seconds of the in-process store "
+                                                                         "measurement; 0 skips it (default: %(default)s)")
     parser.add_argument("--grpc-workers", type=int, default=None, help="coordinator --grpc-workers (default: its own)")
     parser.add_argument("--out", default=str(RESULTS), help="result JSON (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -275,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         stopped_cleanly = proc.popen.returncode == 0
         counted = [lease for phase in phases for lease in phase["steady"]["counted"]]
         audit = audit_chunks(db_path, counted_lease_ids=counted)
+        store_only = None
+        if args.store_seconds:
+            store_db = f"{tmp}/store-only.sqlite"
+            seed_database(store_db, chunks=args.chunks, chunk_samples=16)
+            store_only = store_capacity(store_db, peers=args.peers, seconds=args.store_seconds)
 
     steady = _summarise(phases, "steady")
     register = _summarise(phases, "register")
@@ -298,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                         "server_cpu_us_per_op": round(floor["server_cpu_s"] / max(1, floor["ops"]) * 1e6, 1),
                         "client_cpu_us_per_op": round(floor["client_cpu_s"] / max(1, floor["ops"]) * 1e6, 1)}
                        if floor else None),
+        "store_only": store_only,
         "counted_reports": len(counted), "audit": audit, "coordinator_stopped_cleanly": stopped_cleanly,
     }
     _print_table(result)
@@ -324,6 +362,10 @@ def _print_table(r: dict) -> None:
               f"p99 {f['p99_ms']:.2f} ms; CPU per op: coordinator {f['server_cpu_us_per_op']:.0f} us, clients "
               f"{f['client_cpu_us_per_op']:.0f} us")
     print(f"CPU per op: coordinator {r['server_cpu_us_per_op']:.0f} us, clients {r['client_cpu_us_per_op']:.0f} us")
+    if r["store_only"]:
+        s = r["store_only"]
+        print(f"store alone (in process, no gRPC, one thread): {s['ops_per_s']:.0f} ops/s, p50 {s['p50_ms']:.3f} ms, "
+              f"p99 {s['p99_ms']:.3f} ms")
     print(f"register: {r['register']['ops']} peers at {r['register']['ops_per_s']:.0f}/s")
     print(f"audit: lost {r['lost']}, double counted {r['double_counted']}, double leased "
           f"{r['audit']['double_leased']}, {r['counted_reports']} COUNTED reports, errors {r['errors'] or 'none'}, "

@@ -27,7 +27,8 @@ from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics, rules
 from swarm_coordinator.peers import PeerRecord
 from swarm_coordinator.progress import current_lr, lr_total_steps
-from swarm_coordinator.store import ConfigNotFound, Store, StoreError
+from swarm_coordinator.errors import ConfigNotFound, StoreError
+from swarm_coordinator.store import Store
 from swarm_coordinator.sync import DatasetSync
 from swarm_coordinator.tokens import TokenChecker
 

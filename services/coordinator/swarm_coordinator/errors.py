@@ -1,0 +1,31 @@
+"""Errors the coordinator's state raises; `kind` picks the gRPC status the server answers with."""
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """A request the state does not allow; `kind` picks the gRPC status the server answers with."""
+    kind = "failed_precondition"
+
+
+class PeerNotRegistered(StoreError):
+    pass
+
+
+class UnknownConfigVersion(StoreError):
+    pass
+
+
+class LeaseNotFound(StoreError):
+    kind = "not_found"
+
+
+class ConfigNotFound(StoreError):
+    kind = "not_found"
+
+
+class NotLeaseOwner(StoreError):
+    kind = "permission_denied"
+
+
+class DatabaseInUse(RuntimeError):
+    pass
