@@ -53,8 +53,15 @@ def prune_checkpoints(output_dir: str | Path, *, keep: int) -> list[Path]:
     return removed
 
 
+TRAINING_UNET = "unet_training"
+
+
 def save_pipeline(models, folder: str | Path, *, ema_unet=None) -> Path:
-    """Write a StableDiffusionPipeline folder; the EMA UNet, when given, is saved as the pipeline's UNet."""
+    """Write a StableDiffusionPipeline folder.
+
+    With EMA, the pipeline's unet/ holds the EMA weights (what people generate with) and unet_training/ the weights
+    the swarm trains, which a resumed peer continues from.
+    """
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(
@@ -62,6 +69,8 @@ def save_pipeline(models, folder: str | Path, *, ema_unet=None) -> Path:
         unet=ema_unet if ema_unet is not None else models.unet, scheduler=models.noise_scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(str(folder), safe_serialization=True)
+    if ema_unet is not None:
+        models.unet.save_pretrained(str(Path(folder) / TRAINING_UNET), safe_serialization=True)
     return Path(folder)
 
 

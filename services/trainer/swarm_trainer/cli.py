@@ -62,6 +62,15 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast compute precision; master weights stay fp32 (default: fp32 on CPU, bf16 on CUDA)")
+    mem = p.add_argument_group("memory and speed (per peer)")
+    mem.add_argument("--gradient-checkpointing", action="store_true",
+                     help="recompute activations in the backward pass: much less memory, ~25%% more compute")
+    mem.add_argument("--xformers", action="store_true",
+                     help="xformers memory-efficient attention (needs the xformers package); default: PyTorch SDPA")
+    mem.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit on CUDA (AdamW otherwise)")
+    mem.add_argument("--cache-latents", action="store_true",
+                     help="keep VAE latents of trained samples in RAM: a chunk seen again skips the VAE encoder")
+    mem.add_argument("--ema-offload", action="store_true", help="keep EMA weights (run config use_ema) in host RAM")
     net = p.add_argument_group("swarm networking (hivemind)")
     net.add_argument("--host-maddrs", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
                      help="multiaddrs to listen on (default: %(default)s)")
@@ -103,6 +112,7 @@ def options_from_args(args):
     import socket
 
     from swarm.cli import UsageError
+    from swarm_trainer.features import PeerFeatures
     from swarm_trainer.loop import TrainerOptions
     from swarm_trainer.swarm import SwarmOptions
 
@@ -127,6 +137,9 @@ def options_from_args(args):
     return TrainerOptions(
         coordinator=args.coordinator, token=token, output_dir=output_dir, name=args.name or socket.gethostname(),
         batch_size=args.batch_size, device=args.device, precision=args.precision, swarm=swarm,
+        features=PeerFeatures(gradient_checkpointing=args.gradient_checkpointing, xformers=args.xformers,
+                              use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
+                              ema_offload=args.ema_offload),
         barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, ready_file=args.ready_file,
         progress=args.progress)
 

@@ -4,6 +4,8 @@ Used by the coordinator-driven loop (loop.py) and directly by tests and benchmar
 """
 from __future__ import annotations
 
+import os
+import random
 import threading
 import time
 from collections import deque
@@ -15,8 +17,9 @@ import torch
 from swarm.logs import get_logger
 from swarm.runconfig import RunConfig
 from swarm_trainer import metrics
+from swarm_trainer.features import PeerFeatures, configure_attention, configure_gradient_checkpointing
 from swarm_trainer.model import SDModels, prepare_for_training, trainable_parameters
-from swarm_trainer.step import StepOptions, compute_loss, pil_to_pixels, tokenize
+from swarm_trainer.step import StepOptions, compute_loss, drop_captions, pil_to_pixels, tokenize
 from swarm_trainer.swarm import apply_lr, peers_in_last_round
 
 logger = get_logger(__name__)
@@ -76,12 +79,30 @@ class TrainEngine:
 
     def __init__(self, *, models: SDModels, optimizer_factory, config: RunConfig, device: torch.device,
                  precision: str = "fp32", batch_size: int = 1, lr_total_steps: int | None = None,
-                 generator: torch.Generator | None = None):
-        self.models, self.config, self.device = models, config, device
+                 generator: torch.Generator | None = None, features: PeerFeatures = PeerFeatures(),
+                 caption_seed: int | None = None):
+        self.models, self.device, self.features = models, device, features
         self.batch_size, self.lr_total_steps, self.generator = batch_size, lr_total_steps, generator
-        self.options = StepOptions(precision=precision)
+        self.precision = precision
+        self.config = config
+        # Caption dropout draws differ per peer (os.urandom) unless a test pins them.
+        self.caption_rng = random.Random(caption_seed if caption_seed is not None else os.urandom(8))
         prepare_for_training(models, device=device, train_text_encoder=config.train_text_encoder)
+        self.attention = configure_attention(models, xformers=features.xformers)
+        configure_gradient_checkpointing(models, enabled=features.gradient_checkpointing,
+                                         train_text_encoder=config.train_text_encoder)
         self.params = trainable_parameters(models, train_text_encoder=config.train_text_encoder)
+        self.unet_params = list(models.unet.parameters())
+        self.ema = None
+        if config.use_ema:
+            from swarm_trainer.ema import ParameterEMA
+
+            self.ema = ParameterEMA(self.unet_params, decay=config.ema_decay, offload=features.ema_offload)
+        self.latent_cache = None
+        if features.cache_latents:
+            from swarm_trainer.latent_cache import LatentCache
+
+            self.latent_cache = LatentCache()
         # The optimizer is created here, after the models are on their device, in the caller's (main) thread.
         self.optimizer = optimizer_factory(self.params)
         self.grad_scaler = None
@@ -93,15 +114,35 @@ class TrainEngine:
         self.stats = TrainStats()
 
     @property
+    def config(self) -> RunConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: RunConfig) -> None:
+        """A new run config version (keys a running peer can apply: LR, ucg, CLIP skip, min-SNR, noise offset...)."""
+        self._config = config
+        self.options = StepOptions.from_config(config, precision=self.precision)
+
+    @property
     def local_epoch(self) -> int:
         return self.optimizer.local_epoch
 
-    def train_batch(self, images: Sequence, captions: Sequence[str]) -> float:
+    def train_batch(self, images: Sequence, captions: Sequence[str],
+                    sample_ids: Sequence[int] | None = None) -> float:
         """Forward, backward and exactly one optimizer.step() for one local batch; returns the loss."""
         started = time.perf_counter()
-        pixels = pil_to_pixels(images, device=self.device)
+        captions = drop_captions(captions, ucg=self.config.ucg, rng=self.caption_rng)
         input_ids = tokenize(self.models.tokenizer, captions)
-        loss = compute_loss(self.models, pixels, input_ids, options=self.options, generator=self.generator)
+        latents = pixels = None
+        if self.latent_cache is not None and sample_ids is not None:
+            keys = [(sid, *image.size) for sid, image in zip(sample_ids, images)]
+            latents = self.latent_cache.latents(
+                self.models.vae, keys, lambda idx: pil_to_pixels([images[i] for i in idx], device=self.device),
+                generator=self.generator, device=self.device)
+        else:
+            pixels = pil_to_pixels(images, device=self.device)
+        loss = compute_loss(self.models, pixels, input_ids, options=self.options, generator=self.generator,
+                            latents=latents)
         if not torch.isfinite(loss):
             # A non-finite loss would poison the accumulated gradients of the whole swarm; hivemind.GradScaler
             # handles fp16 overflow, anything else is a bug worth stopping for.
@@ -121,6 +162,7 @@ class TrainEngine:
         finished = time.perf_counter()
         if self.optimizer.local_epoch != epoch_before:
             metrics.AVERAGING_SECONDS.observe(finished - step_started)
+            self._after_global_step()
         loss_value = float(loss.detach())
         self.stats.record(loss=loss_value, batch_size=len(images), seconds=finished - started)
         self._update_metrics(loss=loss_value, lr=lr, batch_size=len(images))
@@ -150,17 +192,31 @@ class TrainEngine:
         tracker, grad_averager = optimizer.tracker, optimizer.grad_averager
         if tracker.global_progress.samples_accumulated <= 0 and tracker.global_epoch <= optimizer.local_epoch:
             return False
-        epoch_before, times_before = optimizer.local_epoch, grad_averager.local_times_accumulated
-        optimizer.step(batch_size=0, grad_scaler=self.grad_scaler)
-        if optimizer.local_epoch == epoch_before and grad_averager.local_times_accumulated == times_before + 1:
-            # hivemind divides accumulated gradients by the number of step() calls: a zero-sample call must not
-            # count, or it would dilute the real gradients this peer accumulated before it ran out of data.
-            grad_averager.local_times_accumulated = times_before
+        epoch_before = optimizer.local_epoch
+        apply_lr(optimizer, self.config, total_steps=self.lr_total_steps)
+        # hivemind divides the accumulated gradients by the number of step() calls: a zero-sample call must not
+        # count, or it would dilute the real gradients this peer accumulated before it ran out of data (also when
+        # this very call runs the global step). The zero-sample accumulate inside step() adds the one back.
+        grad_averager.local_times_accumulated -= 1
+        try:
+            optimizer.step(batch_size=0, grad_scaler=self.grad_scaler)
+        finally:
+            grad_averager.local_times_accumulated = max(0, grad_averager.local_times_accumulated)
+        if optimizer.local_epoch != epoch_before:
+            self._after_global_step()
         if self.grad_scaler is not None:
             self.grad_scaler.update()
         metrics.GLOBAL_EPOCH.set(optimizer.local_epoch)
         metrics.PEERS_IN_LAST_ROUND.set(peers_in_last_round(optimizer))
         return optimizer.local_epoch != epoch_before
+
+    def _after_global_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.unet_params)
+
+    def ema_unet(self):
+        """The UNet with EMA weights (a CPU copy) for checkpoints, or None without EMA."""
+        return self.ema.averaged_module(self.models.unet) if self.ema is not None else None
 
     def behind_swarm(self) -> bool:
         """True when listening peers are already in a later epoch than this one."""

@@ -22,6 +22,7 @@ from swarm.logs import get_logger
 from swarm.runconfig import ConfigError, RunConfig, restart_needed
 from swarm_trainer import metrics
 from swarm_trainer.coordinator_client import CoordinatorClient
+from swarm_trainer.features import PeerFeatures
 from swarm_trainer.leases import LeaseBook
 from swarm_trainer.swarm import SwarmOptions
 
@@ -44,6 +45,7 @@ class TrainerOptions:
     device: str = "auto"
     precision: str | None = None
     swarm: SwarmOptions = field(default_factory=SwarmOptions)
+    features: PeerFeatures = field(default_factory=PeerFeatures)
     barrier_timeout: float = 300.0
     metrics_port: int = 9102
     ready_file: str | None = None

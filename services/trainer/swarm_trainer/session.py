@@ -22,6 +22,7 @@ def join(run) -> None:
     from swarm.metrics import MetricsServer
     from swarm_trainer.coordinator_client import CoordinatorClient
     from swarm_trainer.engine import TrainEngine
+    from swarm_trainer.features import optimizer_class
     from swarm_trainer.loop import parse_config, resolve_device
     from swarm_trainer.model import build_models
     from swarm_trainer.swarm import make_dht, make_optimizer
@@ -49,10 +50,13 @@ def join(run) -> None:
     # Identical initial weights come from the seed; noise, timesteps and caption dropout must differ per peer.
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
     optimizer_factory = partial(make_optimizer, dht=run.dht, run_id=run.run_id, config=run.config,
-                                batch_size=options.batch_size, options=options.swarm)
+                                batch_size=options.batch_size, options=options.swarm,
+                                optimizer_cls=optimizer_class(use_8bit_adam=options.features.use_8bit_adam,
+                                                              device=device))
     run.engine = TrainEngine(models=models, optimizer_factory=lambda params: optimizer_factory(params=params),
                              config=run.config, device=device, precision=precision, batch_size=options.batch_size,
-                             lr_total_steps=(first_beat.lr_total_steps or None) if first_beat else None)
+                             lr_total_steps=(first_beat.lr_total_steps or None) if first_beat else None,
+                             features=options.features)
     # A late joiner starts from the swarm's current state, not from the seed.
     run.engine.optimizer.tracker.fetched_global_progress_this_epoch.wait(timeout=30)
     if run.engine.behind_swarm():
@@ -137,7 +141,7 @@ def _train_chunk(run, lease, samples, bar) -> None:
     for batch in batches(samples, run.options.batch_size):
         images = [image for image, _, _ in batch]
         captions = [caption for _, caption, _ in batch]
-        loss = engine.train_batch(images, captions)
+        loss = engine.train_batch(images, captions, sample_ids=[sample_id for _, _, sample_id in batch])
         bar.update(len(batch))
         bar.set_postfix(epoch=engine.local_epoch, loss=f"{loss:.4f}", sps=f"{engine.stats.samples_per_s:.2f}",
                         refresh=False)
@@ -208,7 +212,7 @@ def save(run):
     from swarm_trainer.checkpoints import save_checkpoint
 
     run.checkpoint = save_checkpoint(run.engine.models, run.output_dir, epoch=run.engine.local_epoch,
-                                     keep=run.config.keep_checkpoints)
+                                     keep=run.config.keep_checkpoints, ema_unet=run.engine.ema_unet())
     return run.checkpoint
 
 
