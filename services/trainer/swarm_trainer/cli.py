@@ -106,6 +106,17 @@ def register(subparsers) -> None:
     p.add_argument("--verbose-hivemind", action="store_true", help="show hivemind's matchmaking/averaging lines")
     p.set_defaults(func=run_train)
 
+    e = subparsers.add_parser(
+        "export", help="write a checkpoint as one .safetensors file in the original SD layout (A1111, ComfyUI)",
+        description="Convert a diffusers checkpoint folder written by `swarm train` (OUTPUT/checkpoints/epoch-N) "
+                    "into a single .safetensors file in the original Stable Diffusion layout.")
+    e.add_argument("checkpoint", help="diffusers checkpoint folder (with unet/, vae/, text_encoder/)")
+    e.add_argument("output", help="OUT.safetensors")
+    e.add_argument("--fp16-unet", action="store_true", help="store the UNet in fp16 (half the size)")
+    e.add_argument("--no-vae", dest="vae", action="store_false", help="leave the VAE out")
+    e.add_argument("--no-text-encoder", dest="text_encoder", action="store_false", help="leave the text encoder out")
+    e.set_defaults(func=run_export)
+
 
 def options_from_args(args):
     """argparse namespace -> TrainerOptions (validated); separate so tests can build options like the CLI does."""
@@ -142,6 +153,15 @@ def options_from_args(args):
                               ema_offload=args.ema_offload),
         barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, ready_file=args.ready_file,
         progress=args.progress)
+
+
+def run_export(args) -> int:
+    from swarm_trainer.export import export_checkpoint
+
+    counts = export_checkpoint(args.checkpoint, args.output, fp16_unet=args.fp16_unet, vae=args.vae,
+                               text_encoder=args.text_encoder)
+    print(f"wrote {args.output} ({', '.join(f'{name}: {n} tensors' for name, n in counts.items())})")
+    return 0
 
 
 def run_train(args) -> int:

@@ -88,7 +88,7 @@ def make_noise_scheduler(*, prediction_type: str = "epsilon"):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000,
-                         clip_sample=False, prediction_type=prediction_type)
+                         clip_sample=False, prediction_type=prediction_type, steps_offset=1)
 
 
 def build_tiny(*, seed: int, prediction_type: str = "epsilon") -> SDModels:
