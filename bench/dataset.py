@@ -147,13 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         storage = open_storage("s3://objects/bench", endpoint_url=endpoint)
         storage.ensure_bucket()
         index = Index(index_path)
+        ingest_cpu = {"s3_server": _cpu_seconds(moto.pid), "ingest": _cpu_seconds(os.getpid())}
         report = ingest(source=open_storage("s3://raw/photos", endpoint_url=endpoint), index=index, storage=storage,
                         options=IngestOptions(workers=4), progress=False)
+        ingest_cpu = {name: round(1000 * (_cpu_seconds(pid) - ingest_cpu[name]) / max(report.added, 1), 2)
+                      for name, pid in (("s3_server", moto.pid), ("ingest", os.getpid()))}
         keys = [s.key for s in index.list_samples(limit=10**6)]
         ids = [s.id for s in index.list_samples(limit=10**6)]
         index.close()
         ingest_rate = report.added / report.seconds
-        print(f"ingest: {report.added} images in {report.seconds:.1f} s = {ingest_rate:.0f} images/s")
+        print(f"ingest: {report.added} images in {report.seconds:.1f} s = {ingest_rate:.0f} images/s "
+              f"(CPU ms per image: ingest {ingest_cpu['ingest']:.1f}, s3_server {ingest_cpu['s3_server']:.1f})")
 
         service = start_service("dataset", ["dataset", "serve", "--listen", "127.0.0.1:0", "--index",
                                             str(index_path), "--s3-endpoint-url", endpoint, "--metrics-port", "0",
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             # Random crops cannot use the bucket copies made at ingest: every image is decoded and resized here.
             "resized_on_the_fly_images_per_s": round(median["resized_on_the_fly"], 1),
             "ingest_images_per_s": round(ingest_rate, 1),
+            "ingest_cpu_ms_per_image": ingest_cpu,
             "images": len(ids), "chunk_size": args.chunk_size, "service_workers": workers,
             "mean_image_kb": round(megapixels, 1), "bucket_resolution": 512, "cpus": os.cpu_count(),
             "rounds": {name: [round(v, 1) for v in values] for name, values in rates.items()},
