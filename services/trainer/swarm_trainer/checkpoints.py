@@ -90,3 +90,42 @@ def save_checkpoint(models, output_dir: str | Path, *, epoch: int, keep: int, em
     logger.info(f"saved checkpoint {final}")
     prune_checkpoints(output_dir, keep=keep)
     return final.resolve()
+
+
+def _folder_state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if not state:
+        raise FileNotFoundError(f"no .safetensors weights in {folder}")
+    return state
+
+
+def load_weights(models, folder: str | Path, *, text_encoder: bool = False) -> dict | None:
+    """Load a checkpoint's trained weights into `models` (the UNet, and the text encoder when it trains).
+
+    Returns the EMA UNet state when the checkpoint has one (unet/ next to unet_training/), else None.
+    """
+    folder = Path(folder)
+    ema_state = None
+    if (folder / TRAINING_UNET).is_dir():
+        models.unet.load_state_dict(_folder_state(folder / TRAINING_UNET))
+        ema_state = _folder_state(folder / "unet")
+    else:
+        models.unet.load_state_dict(_folder_state(folder / "unet"))
+    if text_encoder:
+        models.text_encoder.load_state_dict(_folder_state(folder / "text_encoder"), strict=False)
+    return ema_state
+
+
+def resume(models, output_dir: str | Path, *, text_encoder: bool = False) -> tuple[int, Path, dict | None] | None:
+    """`swarm train` resumes from its newest checkpoint: (epoch, folder, EMA state or None), or None if none."""
+    found = latest_checkpoint(output_dir)
+    if found is None:
+        return None
+    epoch, folder = found
+    ema_state = load_weights(models, folder, text_encoder=text_encoder)
+    logger.info(f"resumed weights from {folder} (global epoch {epoch})")
+    return epoch, folder, ema_state

@@ -210,6 +210,21 @@ class TrainEngine:
         metrics.PEERS_IN_LAST_ROUND.set(peers_in_last_round(optimizer))
         return optimizer.local_epoch != epoch_before
 
+    def resume(self, *, epoch: int, ema_state: dict | None = None) -> None:
+        """Continue from a checkpoint (weights already loaded): its epoch, and its EMA weights when it has them.
+
+        A swarm that is further along still wins: behind_swarm() then downloads the newer state from peers.
+        """
+        self.optimizer.state_averager.local_epoch = epoch
+        self.optimizer.tracker.report_local_progress(epoch, 0)
+        if not self.optimizer.client_mode:
+            self.optimizer.state_averager.state_sharing_priority = epoch
+        if self.ema is not None and ema_state is not None:
+            names = [name for name, _ in self.models.unet.named_parameters()]
+            with torch.no_grad():
+                for shadow, name in zip(self.ema.shadow, names):
+                    shadow.copy_(ema_state[name].to(shadow.device, shadow.dtype))
+
     def _after_global_step(self) -> None:
         if self.ema is not None:
             self.ema.update(self.unet_params)

@@ -46,7 +46,11 @@ def join(run) -> None:
                 f"dataset at {run.dataset_address}")
     first_beat = run.heartbeat_once()  # also brings the LR decay span before the first step
 
+    from swarm_trainer.checkpoints import resume
+
     models = build_models(run.config.model, seed=run.config.seed)
+    # Before the optimizer exists: hivemind's offloaded optimizer copies the weights it starts from.
+    resumed = resume(models, run.output_dir, text_encoder=run.config.train_text_encoder)
     # Identical initial weights come from the seed; noise, timesteps and caption dropout must differ per peer.
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
     optimizer_factory = partial(make_optimizer, dht=run.dht, run_id=run.run_id, config=run.config,
@@ -57,7 +61,9 @@ def join(run) -> None:
                              config=run.config, device=device, precision=precision, batch_size=options.batch_size,
                              lr_total_steps=(first_beat.lr_total_steps or None) if first_beat else None,
                              features=options.features)
-    # A late joiner starts from the swarm's current state, not from the seed.
+    if resumed is not None:
+        run.engine.resume(epoch=resumed[0], ema_state=resumed[2])
+    # A late joiner starts from the swarm's current state, not from the seed (nor from an older checkpoint).
     run.engine.optimizer.tracker.fetched_global_progress_this_epoch.wait(timeout=30)
     if run.engine.behind_swarm():
         logger.info(f"the swarm is at epoch {run.engine.optimizer.tracker.global_epoch}; downloading its state")
