@@ -98,6 +98,9 @@ def register(subparsers) -> None:
                      help="keep the optimizer state on the device instead of host RAM")
     p.add_argument("--barrier-timeout", type=_positive, default=300.0,
                    help="seconds to wait at the end for the other peers before leaving anyway (default: %(default)s)")
+    p.add_argument("--upload-checkpoints", metavar="S3_URL", default=None,
+                   help="also upload each checkpoint to s3://bucket/prefix (AWS credentials from the environment)")
+    p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint, e.g. the host's MinIO")
     p.add_argument("--metrics-port", type=_port, default=9102,
                    help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--ready-file", help="write {peer_id, metrics_port, multiaddrs, ...} as JSON here once the DHT "
@@ -131,6 +134,10 @@ def options_from_args(args):
     if not token:
         raise UsageError("no join token: pass --token or set SWARM_TOKEN (the host creates one with "
                          "`swarm token create`)")
+    if args.upload_checkpoints:
+        from swarm_trainer.uploads import parse_s3_url
+
+        parse_s3_url(args.upload_checkpoints)
     if args.average_state_every < 1:
         raise UsageError(f"--average-state-every must be >= 1, got {args.average_state_every}")
     for maddr in [*args.host_maddrs, *args.announce_maddrs]:
@@ -152,7 +159,7 @@ def options_from_args(args):
                               use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
                               ema_offload=args.ema_offload),
         barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, ready_file=args.ready_file,
-        progress=args.progress)
+        progress=args.progress, upload_checkpoints=args.upload_checkpoints, s3_endpoint_url=args.s3_endpoint_url)
 
 
 def run_export(args) -> int:

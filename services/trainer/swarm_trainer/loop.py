@@ -51,6 +51,9 @@ class TrainerOptions:
     ready_file: str | None = None
     rpc_timeout: float = 30.0
     lease_poll_s: float = 2.0  # how often to ask again when no chunk is free yet
+    upload_checkpoints: str | None = None  # s3://bucket/prefix
+    s3_endpoint_url: str | None = None
+    samples_dir: str | None = None  # where sample grids go (default OUTPUT/samples)
     progress: bool = True
 
 
@@ -82,7 +85,8 @@ class PeerRun:
         self.run_complete = False
         self.pending_config: tuple[int, RunConfig] | None = None
         self.last_heartbeat = None
-        self.dht = self.engine = self.client = self.metrics_server = None
+        self.dht = self.engine = self.client = self.metrics_server = self.uploader = None
+        self.peer_id = self.run_id = self.config_version = None
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._last_tick = 0.0

@@ -69,6 +69,10 @@ def join(run) -> None:
         logger.info(f"the swarm is at epoch {run.engine.optimizer.tracker.global_epoch}; downloading its state")
         run.engine.load_state_from_peers()
 
+    if options.upload_checkpoints:
+        from swarm_trainer.uploads import CheckpointUploader
+
+        run.uploader = CheckpointUploader(options.upload_checkpoints, endpoint_url=options.s3_endpoint_url)
     run.metrics_server = MetricsServer(port=options.metrics_port)
     write_ready_file(options.ready_file, **run.ready_info())
     run.start_heartbeat(registration.heartbeat_interval_s or 30.0)
@@ -219,6 +223,8 @@ def save(run):
 
     run.checkpoint = save_checkpoint(run.engine.models, run.output_dir, epoch=run.engine.local_epoch,
                                      keep=run.config.keep_checkpoints, ema_unet=run.engine.ema_unet())
+    if run.uploader is not None:
+        run.uploader.submit(run.checkpoint)
     return run.checkpoint
 
 
@@ -247,6 +253,8 @@ def leave(run) -> None:
         except Exception as e:  # noqa: BLE001
             logger.error(f"saving the final checkpoint failed: {e!r}")
         _write_summary(run)
+    if run.uploader is not None and not run.uploader.close(timeout=600):
+        logger.warning("checkpoint uploads did not finish in 600 s; the local checkpoints are complete")
     if run.metrics_server is not None:
         run.metrics_server.close()
     shutdown(run.engine.optimizer if run.engine else None, run.dht)
