@@ -242,6 +242,18 @@ def test_serving_continues_while_an_ingest_writes(dataset_server, small_dataset,
     assert len(list(iter_chunk_messages(dataset_server.address, [36], timeout=30))) == 1
 
 
+@pytest.mark.parametrize("flags, words", [(["--workers", "0"], "workers must be between"),
+                                          (["--quality", "101"], "quality must be between"),
+                                          (["--metrics-port", "70000"], "metrics port"),
+                                          (["--index", "/nonexistent/x.sqlite"], "swarm ingest")])
+def test_serve_refuses_bad_flags(small_dataset, capsys, flags, words):
+    from swarm.cli import main as swarm_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        swarm_main(["dataset", "serve", "--index", small_dataset["index_path"], "--listen", "127.0.0.1:0", *flags])
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_serve_command_ready_file_and_sigterm(small_dataset, tmp_path):
     ready = tmp_path / "dataset.ready.json"
     proc = subprocess.Popen([sys.executable, "-m", "swarm", "dataset", "serve", "--listen", "127.0.0.1:0",

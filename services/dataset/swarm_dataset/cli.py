@@ -77,9 +77,10 @@ def register(subparsers) -> None:
     serve.add_argument("--ready-file", metavar="PATH",
                        help="write {grpc_address, metrics_port} as JSON here once serving")
     serve.add_argument("--workers", type=int, default=None,
-                       help="threads that fetch and resize samples, shared by all streams (default: 2 x cores, >= 4)")
+                       help="threads that fetch and resize samples, shared by all streams (default: 4 x cores, "
+                            "at least 8, at most 64)")
     serve.add_argument("--read-ahead", type=int, default=None, help="samples prepared ahead per stream "
-                                                                    "(default: --workers)")
+                                                                    "(default: --workers, at most 16)")
     serve.add_argument("--encoding", choices=("jpeg", "png", "webp"), default="jpeg",
                        help="encoding of resized samples when the request does not say")
     serve.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality when the request does not say")

@@ -188,7 +188,14 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
 
 
 def default_workers() -> int:
-    return max(4, 2 * (os.cpu_count() or 1))
+    """Threads that fetch and resize: mostly waiting on storage (S3 first-byte latency is tens of ms), so several
+    per core; PIL releases the GIL while it decodes, resizes and encodes."""
+    return min(64, max(8, 4 * (os.cpu_count() or 1)))
+
+
+def default_read_ahead(workers: int) -> int:
+    """Samples prepared ahead per stream: enough to hide storage latency, few enough to bound memory per stream."""
+    return min(workers, 16)
 
 
 @dataclass
@@ -223,6 +230,11 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
                  default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
                  token_ttl_s: float = 60.0) -> DatasetServer:
     """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
+    for name, value, low, high in (("workers", workers, 1, 256), ("read-ahead", read_ahead, 1, 1024),
+                                   ("metrics port", metrics_port, 0, 65535)):
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    imaging.check_encoding(default_encoding, default_quality)
     index = Index(index_path, create=False)
     storage_url = storage_url or index.get_meta("storage_url")
     if not storage_url:
@@ -240,7 +252,8 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     else:
         logger.warning("no --coordinator given: the dataset service is open to anyone who can reach it")
     server, health = rpc.make_server(max_workers=grpc_threads, interceptors=interceptors)
-    servicer = DatasetServicer(index=index, storage=storage, pool=pool, read_ahead=read_ahead or workers,
+    servicer = DatasetServicer(index=index, storage=storage, pool=pool,
+                               read_ahead=read_ahead or default_read_ahead(workers),
                                default_encoding=default_encoding, default_quality=default_quality)
     dataset_pb2_grpc.add_DatasetServicer_to_server(servicer, server)
     address = rpc.bind(server, listen)
