@@ -87,6 +87,7 @@ class PeerRun:
         self.last_heartbeat = None
         self.dht = self.engine = self.client = self.metrics_server = self.uploader = None
         self.peer_id = self.run_id = self.config_version = None
+        self.last_sample_epoch = 0
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._last_tick = 0.0

@@ -142,6 +142,7 @@ def train(run) -> None:
                 if run.stop.is_set():
                     break
                 last_saved_epoch = _maybe_save_periodic(run, last_saved_epoch)
+                _maybe_sample(run, samples)
     finally:
         bar.close()
 
@@ -181,6 +182,22 @@ def _maybe_save_periodic(run, last_saved_epoch: int) -> int:
         save(run)
         return epoch
     return last_saved_epoch
+
+
+def _maybe_sample(run, samples) -> None:
+    """A sample grid every sample_every_epochs global epochs (prompts from the config, else this chunk's captions)."""
+    every, epoch = run.config.sample_every_epochs, run.engine.local_epoch
+    if every <= 0 or epoch // every <= run.last_sample_epoch // every:
+        return
+    run.last_sample_epoch = epoch
+    from swarm_trainer.samples import save_sample_grid
+
+    prompts = list(run.config.sample_prompts) or [caption for _, caption, _ in samples[:4]]
+    try:
+        save_sample_grid(run.engine.models, run.output_dir, epoch=epoch, prompts=prompts,
+                         width=run.config.resolution, height=run.config.resolution, unet=run.engine.ema_unet())
+    except Exception as e:  # noqa: BLE001 - a failed preview must not stop training
+        logger.warning(f"sample grid at epoch {epoch} failed: {e!r}")
 
 
 def end_barrier(run) -> None:
