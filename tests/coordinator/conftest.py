@@ -64,8 +64,8 @@ class Client:
         return lambda request, **kw: rpc(request, metadata=token_metadata(kw.pop("token", self.token)),
                                          timeout=kw.pop("timeout", 10), **kw)
 
-    def register(self, peer_id, **kw):
-        return self.RegisterPeer(pb.RegisterPeerRequest(peer_id=peer_id, **kw))
+    def register(self, peer_id, *, token=None, **kw):
+        return self.RegisterPeer(pb.RegisterPeerRequest(peer_id=peer_id, **kw), token=token or self.token)
 
     def close(self):
         self.channel.close()

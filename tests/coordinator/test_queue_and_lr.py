@@ -127,7 +127,7 @@ def test_peer_table_counts_epochs_incrementally_like_the_reference_rule():
     table = PeerTable(peer_ttl=30.0)
     now = 0.0
     for i in range(20):
-        table.register(f"p{i}", now=now, name="", multiaddrs=(), client_mode=False, batch_size=1)
+        table.register(f"p{i}", now=now, name="", multiaddrs=(), client_mode=False, batch_size=1, owner=None)
     for step in range(2000):
         now += rng.random() * 0.3
         peer = table.get(f"p{rng.randrange(20 if step < 1500 else 10)}")  # later on, half the peers go silent

@@ -218,3 +218,14 @@ def test_heartbeat_numbers():
         rules.check_heartbeat_numbers(global_epoch=-1, loss=0.0, samples_per_s=0.0)
     with pytest.raises(rules.InvalidRequest, match="samples_per_s"):
         rules.check_heartbeat_numbers(global_epoch=0, loss=0.0, samples_per_s=float("inf"))
+
+
+# ------------------------------------------------------------------------------------------------ peer ownership
+
+def test_a_live_peer_id_belongs_to_the_token_that_registered_it():
+    assert rules.may_register(owner=None, caller="b", last_seen=99, now=100, peer_ttl=60)  # new or unowned
+    assert rules.may_register(owner="a", caller="a", last_seen=99, now=100, peer_ttl=60)  # same token again
+    assert not rules.may_register(owner="a", caller="b", last_seen=99, now=100, peer_ttl=60)  # alive: it is a's
+    assert rules.may_register(owner="a", caller="b", last_seen=10, now=100, peer_ttl=60)  # silent: may move
+    assert rules.may_act_for(owner="a", caller="a") and not rules.may_act_for(owner="a", caller="b")
+    assert rules.may_act_for(owner=None, caller="b")

@@ -206,3 +206,27 @@ def test_peer_info_reports_nan_loss_when_none(coordinator):
     client.Heartbeat(pb.HeartbeatRequest(peer_id="a", loss=float("inf")))
     (peer,) = client.GetProgress(pb.GetProgressRequest()).peers
     assert math.isnan(peer.loss) and peer.alive
+
+
+def test_only_the_registering_token_speaks_for_a_peer(coordinator, db_path, clock):
+    server, client = coordinator(peer_ttl=30, config=RunConfig(max_data_epochs=1))
+    _seed(server, n=2)
+    other = create_token(db_path, name="someone-else")
+    client.register("alice")
+    (lease,) = client.LeaseChunks(pb.LeaseChunksRequest(peer_id="alice", max_chunks=1, config_version=1)).leases
+    for call in (lambda: client.register("alice", token=other),
+                 lambda: client.ReleaseLeases(pb.ReleaseLeasesRequest(peer_id="alice"), token=other),
+                 lambda: client.Heartbeat(pb.HeartbeatRequest(peer_id="alice", finished=True), token=other),
+                 lambda: client.LeaseChunks(pb.LeaseChunksRequest(peer_id="alice", max_chunks=1, config_version=1),
+                                            token=other),
+                 lambda: client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id="alice", lease_id=lease.lease_id),
+                                                token=other)):
+        code, message = _code(call)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "another join token" in message
+    assert client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id="alice", lease_id=lease.lease_id)).outcome == \
+        pb.ReportChunkDoneResponse.COUNTED
+    # Once alice has been silent for the peer TTL, her id may move to another token (and is then that token's).
+    clock.advance(31)
+    client.register("alice", token=other)
+    code, _ = _code(lambda: client.Heartbeat(pb.HeartbeatRequest(peer_id="alice")))
+    assert code == grpc.StatusCode.PERMISSION_DENIED

@@ -200,3 +200,13 @@ def test_audit_catches_a_tampered_database(open_store, db_path):
     engine.dispose()
     audit = audit_chunks(db_path, counted_lease_ids=counted + counted[:1])
     assert audit["double_counted"] == 2 and audit["lost"] == 1
+
+
+def test_schema_upgrade_adds_the_peer_token_column(db_path):
+    engine = db.open_engine(db_path)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE peers DROP COLUMN token_hash")
+    db.create_schema(engine)
+    with engine.connect() as conn:
+        assert "token_hash" in {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(peers)")}
+    engine.dispose()

@@ -74,6 +74,7 @@ peers = sa.Table(
     sa.Column("finished", sa.Boolean, nullable=False, default=False),
     sa.Column("loss", sa.Float, nullable=True),
     sa.Column("samples_per_s", sa.Float, nullable=False, default=0.0),
+    sa.Column("token_hash", sa.String(64), nullable=True),  # the join token that registered it (its sha256)
 )
 
 tokens = sa.Table(
@@ -130,6 +131,9 @@ def make_engine(db_path: str | os.PathLike, *, immediate: bool = True, synchrono
 def create_schema(engine: sa.Engine) -> None:
     metadata.create_all(engine)
     with engine.begin() as conn:
+        columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(peers)")}
+        if "token_hash" not in columns:  # databases from before peers were bound to tokens
+            conn.exec_driver_sql("ALTER TABLE peers ADD COLUMN token_hash VARCHAR(64)")
         stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
         if stored is None:
             conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))

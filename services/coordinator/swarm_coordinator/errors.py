@@ -29,3 +29,7 @@ class NotLeaseOwner(StoreError):
 
 class DatabaseInUse(RuntimeError):
     pass
+
+
+class PeerOfAnotherToken(StoreError):
+    kind = "permission_denied"

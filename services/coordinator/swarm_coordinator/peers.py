@@ -29,6 +29,7 @@ class PeerRecord:
     finished: bool = False
     loss: float | None = None
     samples_per_s: float = 0.0
+    owner: str | None = None  # sha256 of the join token that registered it
 
     def view(self) -> PeerView:
         return PeerView(self.peer_id, self.multiaddrs, self.client_mode, self.last_seen, self.global_epoch,
@@ -62,18 +63,19 @@ class PeerTable:
             client_mode=bool(row.client_mode), batch_size=row.batch_size, first_seen=row.first_seen,
             last_seen=row.last_seen, samples_contributed=row.samples_contributed,
             chunks_contributed=row.chunks_contributed, global_epoch=row.global_epoch, finished=bool(row.finished),
-            loss=row.loss, samples_per_s=row.samples_per_s)
+            loss=row.loss, samples_per_s=row.samples_per_s, owner=row.token_hash)
         self._counted_at = None
 
     def register(self, peer_id: str, *, now: float, name: str, multiaddrs: tuple[str, ...], client_mode: bool,
-                 batch_size: int) -> PeerRecord:
+                 batch_size: int, owner: str | None) -> PeerRecord:
         peer = self._peers.get(peer_id)
         if peer is None:
             peer = self._peers[peer_id] = PeerRecord(peer_id, name, multiaddrs, client_mode, batch_size,
-                                                     first_seen=now, last_seen=now)
+                                                     first_seen=now, last_seen=now, owner=owner)
         else:
             peer.name, peer.multiaddrs, peer.client_mode, peer.batch_size = name, multiaddrs, client_mode, batch_size
             peer.last_seen = now
+            peer.owner = owner if owner is not None else peer.owner
         self._count_live(peer)
         return peer
 

@@ -143,6 +143,19 @@ def initial_peers(bootstrap: Sequence[str], peers: Iterable[PeerView], *, now: f
     return result
 
 
+def may_register(*, owner: str | None, caller: str | None, last_seen: float, now: float, peer_ttl: float) -> bool:
+    """A peer id belongs to the join token that registered it. Another token may take it over only once the peer
+    has been silent for the peer TTL (a peer moved to a new token); while it lives, nobody else can speak for it."""
+    if owner is None or caller is None or owner == caller:
+        return True
+    return not peer_alive(last_seen, now=now, peer_ttl=peer_ttl)
+
+
+def may_act_for(*, owner: str | None, caller: str | None) -> bool:
+    """Lease, heartbeat, report and release for a peer need the token it registered with."""
+    return owner is None or caller is None or owner == caller
+
+
 @dataclass(frozen=True)
 class SwarmEpochs:
     swarm_epoch: int  # highest global epoch among live peers

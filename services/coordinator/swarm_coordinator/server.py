@@ -20,7 +20,7 @@ import sqlalchemy.exc
 from swarm.logs import get_logger
 from swarm.metrics import MetricsServer
 from swarm.procs import write_ready_file
-from swarm.rpc import TokenAuthInterceptor, bind, make_server, set_serving
+from swarm.rpc import TokenAuthInterceptor, bind, make_server, set_serving, token_from_metadata
 from swarm.runconfig import RunConfig, load_yaml, validate_run_id
 from swarm.v1 import coordinator_pb2 as pb
 from swarm.v1 import coordinator_pb2_grpc as pb_grpc
@@ -30,7 +30,7 @@ from swarm_coordinator.progress import current_lr, lr_total_steps
 from swarm_coordinator.errors import ConfigNotFound, StoreError
 from swarm_coordinator.store import Store
 from swarm_coordinator.sync import DatasetSync
-from swarm_coordinator.tokens import TokenChecker
+from swarm_coordinator.tokens import TokenChecker, hash_token
 
 logger = get_logger(__name__)
 
@@ -67,6 +67,12 @@ def _handler(method: str):
     return decorate
 
 
+def _caller(context) -> str | None:
+    """Who is calling: the sha256 of its join token (the interceptor already checked the token is valid)."""
+    token = token_from_metadata(context.invocation_metadata())
+    return hash_token(token) if token else None
+
+
 def _peer_info(peer: PeerRecord, *, alive: bool) -> pb.PeerInfo:
     return pb.PeerInfo(peer_id=peer.peer_id, name=peer.name, multiaddrs=peer.multiaddrs, client_mode=peer.client_mode,
                        last_seen_unix_ms=int(peer.last_seen * 1000), samples_contributed=peer.samples_contributed,
@@ -92,7 +98,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         if request.batch_size < 0:
             raise rules.InvalidRequest(f"batch_size must be >= 0, got {request.batch_size}")
         self.store.register(peer_id, name=name, multiaddrs=multiaddrs, client_mode=request.client_mode,
-                            batch_size=request.batch_size)
+                            batch_size=request.batch_size, caller=_caller(context))
         initial = self.store.peers.initial_peers(self.bootstrap_peers, now=self.store.clock(), exclude_peer_id=peer_id)
         return pb.RegisterPeerResponse(config=self._config_message(self.store.config), initial_peers=initial,
                                        dataset_address=self.dataset_address, lease_ttl_s=self.store.lease_ttl,
@@ -113,7 +119,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         peer_id = rules.check_peer_id(request.peer_id)
         count = rules.check_max_chunks(request.max_chunks)
         self.store.check_config_version(request.config_version)
-        grants = self.store.lease(peer_id, count)
+        grants = self.store.lease(peer_id, count, caller=_caller(context))
         return pb.LeaseChunksResponse(
             leases=[pb.Lease(lease_id=g.lease_id, chunk_id=g.chunk_id, sample_ids=g.sample_ids,
                              deadline_unix_ms=int(g.deadline * 1000), times_trained=g.times_trained,
@@ -127,7 +133,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         loss = rules.check_heartbeat_numbers(global_epoch=request.global_epoch, loss=request.loss,
                                              samples_per_s=request.samples_per_s)
         states = self.store.heartbeat(peer_id, lease_ids, global_epoch=request.global_epoch, loss=loss,
-                                      samples_per_s=request.samples_per_s, finished=request.finished)
+                                      samples_per_s=request.samples_per_s, finished=request.finished,
+                                      caller=_caller(context))
         epochs = self.store.peers.epochs(now=self.store.clock())
         config = self.store.config
         samples_total = self.store.queue.samples_total
@@ -143,7 +150,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def ReportChunkDone(self, request, context):
         peer_id = rules.check_peer_id(request.peer_id)
         lease_id = rules.check_lease_id(request.lease_id)
-        result = self.store.report(peer_id, lease_id)
+        result = self.store.report(peer_id, lease_id, caller=_caller(context))
         metrics.REPORTS.labels(result.outcome.name).inc()
         return pb.ReportChunkDoneResponse(outcome=int(result.outcome), message=result.message,
                                           samples_counted=result.samples_counted)
@@ -152,7 +159,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def ReleaseLeases(self, request, context):
         peer_id = rules.check_peer_id(request.peer_id)
         lease_ids = rules.check_lease_ids(request.lease_ids)
-        return pb.ReleaseLeasesResponse(released=self.store.release(peer_id, lease_ids))
+        return pb.ReleaseLeasesResponse(released=self.store.release(peer_id, lease_ids, caller=_caller(context)))
 
     @_handler("ListPeers")
     def ListPeers(self, request, context):

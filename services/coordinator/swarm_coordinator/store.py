@@ -24,12 +24,14 @@ import sqlalchemy as sa
 from swarm.runconfig import RunConfig
 from swarm_coordinator import configs, db
 from swarm_coordinator.errors import (  # noqa: F401 (re-exported: callers import them from here)
-    ConfigNotFound, DatabaseInUse, LeaseNotFound, NotLeaseOwner, PeerNotRegistered, StoreError, UnknownConfigVersion)
+    ConfigNotFound, DatabaseInUse, LeaseNotFound, NotLeaseOwner, PeerNotRegistered, PeerOfAnotherToken, StoreError,
+    UnknownConfigVersion)
 from swarm_coordinator.intake import IntakeMixin
 from swarm_coordinator.peers import PeerRecord, PeerTable
 from swarm_coordinator.progress import ProgressSnapshot, current_lr, lr_total_steps
 from swarm_coordinator.queue import ChunkQueue
-from swarm_coordinator.rules import LeaseState, Outcome, extended_deadline, lease_expired, report_outcome
+from swarm_coordinator.rules import (LeaseState, Outcome, extended_deadline, lease_expired, may_act_for, may_register,
+                                     report_outcome)
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,12 @@ class Store(IntakeMixin):
 
     # ------------------------------------------------------------------------------------------------ leases
 
-    def _require_peer(self, peer_id: str) -> PeerRecord:
+    def _require_peer(self, peer_id: str, caller: str | None) -> PeerRecord:
         peer = self.peers.get(peer_id)
         if peer is None:
             raise PeerNotRegistered(f"peer {peer_id} is not registered: call RegisterPeer first")
+        if not may_act_for(owner=peer.owner, caller=caller):
+            raise PeerOfAnotherToken(f"peer {peer_id} was registered with another join token: use your own peer id")
         return peer
 
     def _expire_due(self, now: float) -> list[str]:
@@ -162,10 +166,10 @@ class Store(IntakeMixin):
         for lease_id in lease_ids:
             self.queue.free(lease_id, trained=False)
 
-    def lease(self, peer_id: str, count: int) -> list[Grant]:
+    def lease(self, peer_id: str, count: int, *, caller: str | None = None) -> list[Grant]:
         """Lease up to `count` chunks to a registered peer: least-trained first; what is free, possibly nothing."""
         with self._lock:
-            self._require_peer(peer_id).last_seen = now = self.clock()
+            self._require_peer(peer_id, caller).last_seen = now = self.clock()
             with self._write() as raw:
                 # Freed before picking so expired chunks are offered again at once. Freeing an expired lease in
                 # memory is right even if this transaction fails: by the rules it is over whatever its stored state
@@ -188,10 +192,11 @@ class Store(IntakeMixin):
                      bucket_width=width, bucket_height=height)
 
     def heartbeat(self, peer_id: str, lease_ids: Sequence[str], *, global_epoch: int = 0, loss: float | None = None,
-                  samples_per_s: float = 0.0, finished: bool = False) -> list[tuple[str, bool, float]]:
+                  samples_per_s: float = 0.0, finished: bool = False, caller: str | None = None
+                  ) -> list[tuple[str, bool, float]]:
         """Record the peer alive and extend its valid leases; returns (lease id, valid, deadline) for each asked."""
         with self._lock:
-            peer = self._require_peer(peer_id)
+            peer = self._require_peer(peer_id, caller)
             now = self.clock()
             states, extensions = [], []
             for lease_id in lease_ids:
@@ -214,10 +219,10 @@ class Store(IntakeMixin):
                                  finished=finished)
             return states
 
-    def report(self, peer_id: str, lease_id: str) -> ReportResult:
+    def report(self, peer_id: str, lease_id: str, *, caller: str | None = None) -> ReportResult:
         """A peer reports its leased chunk trained: counted once, and only while the lease is the chunk's valid one."""
         with self._lock:
-            peer = self._require_peer(peer_id)
+            peer = self._require_peer(peer_id, caller)
             peer.last_seen = now = self.clock()
             slot = self.queue.lease_chunk(lease_id)
             if slot is not None:
@@ -253,10 +258,10 @@ class Store(IntakeMixin):
                        f"lease {lease_id} is {state}: chunk {chunk_id} was (or will be) counted for another lease")
             return ReportResult(outcome, 0, message)
 
-    def release(self, peer_id: str, lease_ids: Sequence[str] = ()) -> int:
+    def release(self, peer_id: str, lease_ids: Sequence[str] = (), *, caller: str | None = None) -> int:
         """Give leases back at once (a graceful stop); no ids means every lease the peer holds."""
         with self._lock:
-            self._require_peer(peer_id)
+            self._require_peer(peer_id, caller)
             now = self.clock()
             if lease_ids:
                 mine = [lid for lid in lease_ids
@@ -280,20 +285,28 @@ class Store(IntakeMixin):
     # ------------------------------------------------------------------------------------------------ peers
 
     def register(self, peer_id: str, *, name: str = "", multiaddrs: Sequence[str] = (), client_mode: bool = False,
-                 batch_size: int = 0) -> PeerRecord:
+                 batch_size: int = 0, caller: str | None = None) -> PeerRecord:
+        """Add or update a peer; `caller` (its join token's hash) becomes its owner (rules.may_register)."""
         from sqlalchemy.dialects.sqlite import insert
 
         with self._lock:
             now = self.clock()
+            known = self.peers.get(peer_id)
+            if known is not None and not may_register(owner=known.owner, caller=caller, last_seen=known.last_seen,
+                                                      now=now, peer_ttl=self.peers.peer_ttl):
+                raise PeerOfAnotherToken(f"peer id {peer_id} is in use by a live peer registered with another join "
+                                         f"token: use your own peer id")
             values = {"name": name, "multiaddrs": json.dumps(list(multiaddrs)), "client_mode": client_mode,
                       "batch_size": batch_size, "last_seen": now}
+            if caller is not None:
+                values["token_hash"] = caller
             stmt = insert(db.peers).values(peer_id=peer_id, first_seen=now, samples_contributed=0,
                                            chunks_contributed=0, global_epoch=0, finished=False,
                                            samples_per_s=0.0, **values)
             with self._conn.begin():
                 self._conn.execute(stmt.on_conflict_do_update(index_elements=[db.peers.c.peer_id], set_=values))
             return self.peers.register(peer_id, now=now, name=name, multiaddrs=tuple(multiaddrs),
-                                       client_mode=client_mode, batch_size=batch_size)
+                                       client_mode=client_mode, batch_size=batch_size, owner=caller)
 
     def run_complete(self) -> bool:
         return self.queue.run_complete(max_data_epochs=self.max_data_epochs)
