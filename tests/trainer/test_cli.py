@@ -63,3 +63,15 @@ def test_no_token_exits_2_with_a_message():
                             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "SWARM_TOKEN" in result.stderr
+
+
+def test_wandb_is_optional_and_asked_for_clearly(monkeypatch):
+    import importlib.util
+
+    from swarm_trainer.cli import options_from_args
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(UsageError, match="pip install wandb"):
+        options_from_args(_args("--coordinator", "h:1", "--token", "t", "--wandb-project", "p"))
+    assert options_from_args(_args("--coordinator", "h:1", "--token", "t")).wandb_project is None

@@ -105,6 +105,8 @@ def register(subparsers) -> None:
                    help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--ready-file", help="write {peer_id, metrics_port, multiaddrs, ...} as JSON here once the DHT "
                                         "and optimizer are up")
+    p.add_argument("--wandb-project", default=None,
+                   help="also log loss, LR, epochs and throughput to this Weights & Biases project (needs wandb)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     p.add_argument("--verbose-hivemind", action="store_true", help="show hivemind's matchmaking/averaging lines")
     p.set_defaults(func=run_train)
@@ -134,6 +136,11 @@ def options_from_args(args):
     if not token:
         raise UsageError("no join token: pass --token or set SWARM_TOKEN (the host creates one with "
                          "`swarm token create`)")
+    if args.wandb_project:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise UsageError("--wandb-project needs the wandb package: pip install wandb (then `wandb login`)")
     if args.upload_checkpoints:
         from swarm_trainer.uploads import parse_s3_url
 
@@ -159,7 +166,8 @@ def options_from_args(args):
                               use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
                               ema_offload=args.ema_offload),
         barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, ready_file=args.ready_file,
-        progress=args.progress, upload_checkpoints=args.upload_checkpoints, s3_endpoint_url=args.s3_endpoint_url)
+        progress=args.progress, upload_checkpoints=args.upload_checkpoints, s3_endpoint_url=args.s3_endpoint_url,
+        wandb_project=args.wandb_project)
 
 
 def run_export(args) -> int:

@@ -53,7 +53,7 @@ class TrainerOptions:
     lease_poll_s: float = 2.0  # how often to ask again when no chunk is free yet
     upload_checkpoints: str | None = None  # s3://bucket/prefix
     s3_endpoint_url: str | None = None
-    samples_dir: str | None = None  # where sample grids go (default OUTPUT/samples)
+    wandb_project: str | None = None
     progress: bool = True
 
 
@@ -88,6 +88,7 @@ class PeerRun:
         self.dht = self.engine = self.client = self.metrics_server = self.uploader = None
         self.peer_id = self.run_id = self.config_version = None
         self.last_sample_epoch = 0
+        self.wandb_run = None
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._last_tick = 0.0

@@ -1,6 +1,7 @@
 """The phases of a peer's run (join, train, end barrier, leave), operating on a loop.PeerRun."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -73,6 +74,12 @@ def join(run) -> None:
         from swarm_trainer.uploads import CheckpointUploader
 
         run.uploader = CheckpointUploader(options.upload_checkpoints, endpoint_url=options.s3_endpoint_url)
+    if options.wandb_project:
+        import wandb  # optional dependency, checked when the flags were parsed
+
+        run.wandb_run = wandb.init(project=options.wandb_project, name=options.name, config={
+            "run_id": run.run_id, "config_version": run.config_version, "peer_id": run.peer_id,
+            "batch_size": options.batch_size, "precision": precision, **json.loads(run.config.to_json())})
     run.metrics_server = MetricsServer(port=options.metrics_port)
     write_ready_file(options.ready_file, **run.ready_info())
     run.start_heartbeat(registration.heartbeat_interval_s or 30.0)
@@ -154,6 +161,10 @@ def _train_chunk(run, lease, samples, bar) -> None:
         captions = [caption for _, caption, _ in batch]
         loss = engine.train_batch(images, captions, sample_ids=[sample_id for _, _, sample_id in batch])
         bar.update(len(batch))
+        if run.wandb_run is not None:
+            run.wandb_run.log({"loss": loss, "lr": engine.optimizer.opt.param_groups[0]["lr"],
+                               "global_epoch": engine.local_epoch, "samples_per_s": engine.stats.samples_per_s,
+                               "samples_trained": engine.stats.samples_trained}, step=engine.stats.local_steps)
         bar.set_postfix(epoch=engine.local_epoch, loss=f"{loss:.4f}", sps=f"{engine.stats.samples_per_s:.2f}",
                         refresh=False)
         if run.stop.is_set():
@@ -274,6 +285,8 @@ def leave(run) -> None:
         logger.warning("checkpoint uploads did not finish in 600 s; the local checkpoints are complete")
     if run.metrics_server is not None:
         run.metrics_server.close()
+    if run.wandb_run is not None:
+        run.wandb_run.finish()
     shutdown(run.engine.optimizer if run.engine else None, run.dht)
     if run.client is not None:
         run.client.close()
