@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import signal
+import sqlite3
 import threading
 import time
 from typing import Callable, Sequence
@@ -54,7 +55,7 @@ def _handler(method: str):
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(e)
             except StoreError as e:
                 code, message = _STORE_ERROR_CODES[e.kind], str(e)
-            except sqlalchemy.exc.OperationalError as e:
+            except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as e:
                 logger.error(f"{method}: database error: {e}")
                 code, message = grpc.StatusCode.UNAVAILABLE, "the coordinator's database is busy or failing; retry"
             except Exception:
@@ -186,11 +187,11 @@ class Coordinator:
     """A running coordinator: store, gRPC server, dataset sync, upkeep loop and metrics. Stop it with stop()."""
 
     def __init__(self, *, store: Store, server: grpc.Server, address: str, health, metrics_server, sync,
-                 unregister_collector: Callable[[], None], upkeep_interval: float):
+                 cleanup: Callable[[], object], upkeep_interval: float):
         self.store, self.server, self.address, self.health = store, server, address, health
         self.metrics_server, self.sync = metrics_server, sync
         self.metrics_port = metrics_server.port if metrics_server else None
-        self._unregister_collector = unregister_collector
+        self._cleanup = cleanup
         self._stopped = threading.Event()
         self._upkeep = threading.Thread(target=self._upkeep_loop, args=(upkeep_interval,), name="upkeep", daemon=True)
         self._upkeep.start()
@@ -216,7 +217,7 @@ class Coordinator:
         if self.sync is not None:
             self.sync.stop()
         self._upkeep.join(timeout=10)
-        self._unregister_collector()
+        self._cleanup()
         if self.metrics_server is not None:
             self.metrics_server.close()
         self.store.close()
@@ -229,7 +230,7 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
           bootstrap_peers: Sequence[str] = (), lease_ttl: float = 1200.0, peer_ttl: float = 120.0,
           heartbeat_interval: float = 30.0, metrics_port: int | None = 9100, metrics_host: str = "0.0.0.0",
           ready_file: str | None = None, sync_interval: float = 5.0, upkeep_interval: float = 1.0,
-          synchronous: str = "normal", max_workers: int = 16, token_cache_ttl: float = 5.0,
+          synchronous: str = "normal", max_workers: int = 4, token_cache_ttl: float = 5.0,
           clock: Callable[[], float] = time.time, wait: bool = True) -> Coordinator | None:
     """Start a coordinator. With `wait` (the CLI) block until SIGTERM/SIGINT and stop cleanly; else return it running."""
     validate_run_id(run_id)
@@ -240,7 +241,9 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
     try:
         version, created = store.ensure_config(config, run_id=run_id)
         logger.info(f"run config version {version.version} ({'new' if created else 'unchanged'}), run id {run_id}")
-        checker = TokenChecker(db.make_engine(db_path, immediate=False), ttl=token_cache_ttl)
+        token_engine = db.make_engine(db_path, immediate=False)
+        started.append(token_engine.dispose)
+        checker = TokenChecker(token_engine, ttl=token_cache_ttl)
 
         def check(token):
             error = checker(token)
@@ -267,21 +270,23 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
         else:
             logger.warning("no --dataset given: no samples will be synced, so no chunks can be leased")
         coordinator = Coordinator(store=store, server=server, address=address, health=health,
-                                  metrics_server=metrics_server, sync=sync, unregister_collector=unregister,
+                                  metrics_server=metrics_server, sync=sync,
+                                  cleanup=lambda: (unregister(), token_engine.dispose()),
                                   upkeep_interval=upkeep_interval)
     except BaseException:
         for undo in started:
             undo()
         store.close()
         raise
+    stop = threading.Event()
+    if wait:  # before the ready file: whoever reads it may send SIGTERM at once
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     write_ready_file(ready_file, grpc_address=address, metrics_port=coordinator.metrics_port,
                      config_version=store.config.version, run_id=run_id)
     logger.info(f"coordinator serving on {address} (metrics on port {coordinator.metrics_port})")
     if not wait:
         return coordinator
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
     coordinator.stop()
