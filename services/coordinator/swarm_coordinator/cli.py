@@ -31,35 +31,35 @@ def register(subparsers) -> None:
         "coordinator", help="run the coordinator: run config, chunk leases, peer registry, join tokens",
         description="Serve swarm.v1.Coordinator over gRPC with its state in SQLite. Every RPC but health needs a "
                     "join token (`swarm token create --db DB`).")
-    p.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to serve on; port 0 picks a free one "
+    p.add_argument("--listen", default="0.0.0.0:50051", metavar="HOST:PORT", help="HOST:PORT to serve on; port 0 picks a free one "
                                                              "(default: %(default)s)")
-    p.add_argument("--db", default=DEFAULT_DB, help="SQLite database with all coordinator state (default: %(default)s)")
-    p.add_argument("--config", help="run config YAML; stored as a new version only when it differs from the "
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help="SQLite database with all coordinator state (default: %(default)s)")
+    p.add_argument("--config", metavar="RUN_YAML", help="run config YAML; stored as a new version only when it differs from the "
                                     "stored one (default: the stored config, else built-in defaults)")
-    p.add_argument("--run-id", default="swarm-diffusion",
+    p.add_argument("--run-id", default="swarm-diffusion", metavar="ID",
                    help="the swarm's name on the DHT; swarms sharing a DHT need different ones (default: %(default)s)")
-    p.add_argument("--dataset", help="HOST:PORT of the dataset service whose index is cut into chunks")
-    p.add_argument("--dataset-public-address", help="dataset address told to peers (default: --dataset)")
-    p.add_argument("--dataset-token", help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN)")
+    p.add_argument("--dataset", metavar="HOST:PORT", help="HOST:PORT of the dataset service whose index is cut into chunks")
+    p.add_argument("--dataset-public-address", metavar="HOST:PORT", help="dataset address told to peers (default: --dataset)")
+    p.add_argument("--dataset-token", metavar="TOKEN", help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN)")
     p.add_argument("--bootstrap-peers", nargs="*", default=[], metavar="MADDR",
                    help="multiaddrs of the bootstrap DHT: every joiner's first initial peers")
-    p.add_argument("--lease-ttl", type=_positive, default=1200.0,
+    p.add_argument("--lease-ttl", type=_positive, default=1200.0, metavar="S",
                    help="seconds a lease lives without a heartbeat (default: %(default)s, the 2022 trainer's 20 min)")
-    p.add_argument("--peer-ttl", type=_positive, default=120.0,
+    p.add_argument("--peer-ttl", type=_positive, default=120.0, metavar="S",
                    help="seconds after its last heartbeat a peer counts as dead (default: %(default)s)")
-    p.add_argument("--heartbeat-interval", type=_positive, default=30.0,
+    p.add_argument("--heartbeat-interval", type=_positive, default=30.0, metavar="S",
                    help="how often peers are told to heartbeat, in seconds (default: %(default)s)")
-    p.add_argument("--sync-interval", type=_positive, default=5.0,
+    p.add_argument("--sync-interval", type=_positive, default=5.0, metavar="S",
                    help="seconds between dataset index syncs (default: %(default)s)")
     p.add_argument("--sqlite-synchronous", choices=("normal", "full"), default="normal",
                    help="normal survives any crash of the process; full also survives power loss, at an fsync per "
                         "commit (default: %(default)s)")
-    p.add_argument("--grpc-workers", type=int, default=4,
+    p.add_argument("--grpc-workers", type=int, default=4, metavar="N",
                    help="threads answering RPCs; calls are short and share one lock, so a few suffice "
                         "(default: %(default)s)")
-    p.add_argument("--metrics-port", type=_port, default=9100, help="Prometheus /metrics port; 0 picks a free one "
+    p.add_argument("--metrics-port", type=_port, default=9100, metavar="N", help="Prometheus /metrics port; 0 picks a free one "
                                                                     "(default: %(default)s)")
-    p.add_argument("--ready-file", help="write {grpc_address, metrics_port, ...} as JSON here once serving")
+    p.add_argument("--ready-file", metavar="PATH", help="write {grpc_address, metrics_port, ...} as JSON here once serving")
     p.set_defaults(func=run_coordinator)
 
     token = subparsers.add_parser("token", help="create, list and revoke join tokens",
