@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -275,3 +276,23 @@ def test_serve_command_ready_file_and_sigterm(small_dataset, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_storage_outage_is_unavailable_and_the_server_keeps_serving(small_dataset, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with socket.socket() as sock:  # an S3 endpoint nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    running = start_server(index_path=small_dataset["index_path"], listen="127.0.0.1:0", metrics_port=None,
+                           storage_url="s3://gone/objects", s3_endpoint_url=dead)
+    try:
+        with pytest.raises(grpc.RpcError) as error:
+            list(iter_chunk_messages(running.address, [1], timeout=60))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "sample 1: storage is unavailable" in error.value.details() and dead in error.value.details()
+        channel, dataset = stub(running.address)
+        with channel:  # the index still answers
+            assert dataset.GetStats(dataset_pb2.GetStatsRequest(), timeout=10).samples == 6
+    finally:
+        running.stop(grace=1)
