@@ -20,6 +20,16 @@ AUTH_FAILURES = Counter(f"{PREFIX}auth_failures_total", "Calls refused for a mis
 REPORTS = Counter(f"{PREFIX}reports_total", "ReportChunkDone answers by outcome", ["outcome"])
 
 
+_report_counters: dict[str, object] = {}
+
+
+def count_report(outcome: str) -> None:
+    counter = _report_counters.get(outcome)
+    if counter is None:
+        counter = _report_counters[outcome] = REPORTS.labels(outcome)
+    counter.inc()
+
+
 class RpcRecorder:
     """Cached label children: labels() costs a lock and a dict lookup; calls come thousands per second."""
 
