@@ -234,6 +234,8 @@ def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStor
     listing = list(source.list())
     report.files = len(listing)
     logger.info(f"{len(listing)} files under {source.url} ({time.monotonic() - started:.1f} s)")
+    if not listing:
+        logger.warning(f"no files under {source.url}: is SOURCE the right folder or s3://bucket/prefix?")
     pairing = pair_files(listing)
     report.images = len(pairing.pairs)
     known = index.known_signatures(source.url)
