@@ -86,8 +86,11 @@ class DatasetSync:
                 new_samples, new_chunks = self.sync_once()
             except grpc.RpcError as e:
                 level = logger.warning if self.up or self.passes == 0 else logger.debug
+                hint = (" (give the coordinator a join token of its own database: --dataset-token or "
+                        "SWARM_DATASET_TOKEN, from `swarm token create`)"
+                        if e.code() == grpc.StatusCode.UNAUTHENTICATED else "")
                 level(f"cannot list samples from the dataset service at {self.address}: {e.code().name} "
-                      f"{e.details()}; retrying every {self.retry_interval:.0f} s")
+                      f"{e.details()}{hint}; retrying every {self.retry_interval:.0f} s")
                 self.up, wait = False, self.retry_interval
             except Exception:  # a store write failing must not end the loop: log it, retry later
                 logger.exception("dataset sync failed; retrying")
