@@ -207,11 +207,15 @@ class _Ingester:
                     report.updated += 1
                 report.normalised.update(outcome.notes)
                 return
-        duplicate_of = None
+        duplicate_of, signature = None, outcome.signature
         if outcome.reason == DUPLICATE:
-            duplicate_of = self.index.sample_by_sha(outcome.sha256).id
+            original = self.index.sample_by_sha(outcome.sha256)
+            if original is not None:
+                duplicate_of = original.id
+            else:  # the file it duplicated went bad in this same run: an unknown signature retries it next time
+                signature, outcome.detail = "retry", f"{outcome.detail}, removed in this run; ingest again to take it"
         self.index.record_skip(source=source, source_key=key, reason=outcome.reason, detail=outcome.detail,
-                               signature=outcome.signature, duplicate_of=duplicate_of)
+                               signature=signature, duplicate_of=duplicate_of)
         report.skipped[outcome.reason] += 1
 
 
