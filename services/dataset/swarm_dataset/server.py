@@ -208,6 +208,7 @@ class DatasetServer:
     pool: ThreadPoolExecutor
     index: Index
     servicer: DatasetServicer
+    health: object
     token_check: object | None = None
 
     @property
@@ -215,6 +216,7 @@ class DatasetServer:
         return self.metrics.port if self.metrics else None
 
     def stop(self, *, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()  # health checks say NOT_SERVING while streams finish
         self.server.stop(grace).wait(grace + 5)
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics:
@@ -264,7 +266,7 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     logger.info(f"dataset service on {address} ({index.count()} samples, storage {storage.url}, {workers} workers"
                 + (f", metrics on :{metrics.port}" if metrics else "") + ")")
     return DatasetServer(server=server, address=address, metrics=metrics, pool=pool, index=index,
-                         servicer=servicer, token_check=token_check)
+                         servicer=servicer, health=health, token_check=token_check)
 
 
 def serve(*, ready_file: str | None = None, stop_event: threading.Event | None = None, **kwargs) -> int:
