@@ -1,8 +1,9 @@
 """Fast image decode, resize-to-bucket and encode, shared by ingest (storing) and the server (streaming).
 
-Speed matters here: the server must resize faster than peers train. The tricks, each measured by bench/dataset.py:
-JPEG draft mode (libjpeg decodes straight at 1/2, 1/4 or 1/8 scale), resizing only the crop box, and
-`reducing_gap` (a cheap box reduction before the final high-quality filter).
+Speed matters here: the server must resize faster than peers train. Ingest makes a bucket-sized copy of every image
+once, so the default stream does no image work at all; what is left for the server (random crops, other encodings,
+samples without a copy) uses JPEG draft mode (libjpeg decodes straight at 1/2, 1/4 or 1/8 scale), resizes only the
+crop box, and a cheap filter for the remaining < 2x downscale. Figures: bench/dataset.py.
 """
 from __future__ import annotations
 
