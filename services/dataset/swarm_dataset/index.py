@@ -269,6 +269,13 @@ class Index:
             rows = s.scalars(select(SampleRow).where(SampleRow.id > after_id).order_by(SampleRow.id).limit(limit))
             return [_sample_info(row) for row in rows]
 
+    def list_refs(self, *, after_id: int = 0, limit: int = 1000) -> list[tuple[int, int, int]]:
+        """(id, bucket_width, bucket_height) by id: what the coordinator pages through, without ORM objects."""
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(
+                select(SampleRow.id, SampleRow.bucket_width, SampleRow.bucket_height)
+                .where(SampleRow.id > after_id).order_by(SampleRow.id).limit(limit))]
+
     def count(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count()).select_from(SampleRow)) or 0

@@ -175,10 +175,10 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
                                                             f"{request.limit}")
         if request.after_id < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"after_id must be >= 0, got {request.after_id}")
-        rows = self.index.list_samples(after_id=request.after_id, limit=limit + 1)
+        rows = self.index.list_refs(after_id=request.after_id, limit=limit + 1)
         return dataset_pb2.ListSamplesResponse(
-            samples=[dataset_pb2.SampleRef(sample_id=r.id, bucket_width=r.bucket_width, bucket_height=r.bucket_height)
-                     for r in rows[:limit]], has_more=len(rows) > limit)
+            samples=[dataset_pb2.SampleRef(sample_id=i, bucket_width=w, bucket_height=h) for i, w, h in rows[:limit]],
+            has_more=len(rows) > limit)
 
     def GetStats(self, request, context):  # noqa: N802
         stats = self.index.stats()
