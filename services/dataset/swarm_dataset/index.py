@@ -257,11 +257,13 @@ class Index:
     def samples_by_ids(self, ids: Iterable[int]) -> dict[int, SampleInfo]:
         wanted = sorted(set(ids))
         found: dict[int, SampleInfo] = {}
-        with self.session() as s:
+        columns = (SampleRow.id, SampleRow.key, SampleRow.width, SampleRow.height, SampleRow.bucket_width,
+                   SampleRow.bucket_height, SampleRow.caption, SampleRow.bucket_key)
+        with self.engine.connect() as conn:  # Core, not ORM objects: this runs for every streamed chunk
             for start in range(0, len(wanted), ID_QUERY_BATCH):
                 batch = wanted[start:start + ID_QUERY_BATCH]
-                for row in s.scalars(select(SampleRow).where(SampleRow.id.in_(batch))):
-                    found[row.id] = _sample_info(row)
+                for row in conn.execute(select(*columns).where(SampleRow.id.in_(batch))):
+                    found[row.id] = SampleInfo(**row._mapping)
         return found
 
     def list_samples(self, *, after_id: int = 0, limit: int = 1000) -> list[SampleInfo]:
