@@ -202,3 +202,25 @@ def test_cli_refuses_bad_input_with_a_clear_message(tmp_path, capsys, args, mess
         swarm_main([a.replace("{tmp}", str(tmp_path)) for a in args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_caption_and_storage_options(tmp_path, capsys):
+    source = tmp_path / "source"
+    write_pair(source, "post.jpg", encode(photo(300, 300)), None)
+    (source / "post.json").write_text(json.dumps({"tag_string_general": "long_hair smile",
+                                                  "tag_string_character": "someone"}))
+    write_pair(source, "blank.png", encode(photo(300, 300, seed=2), "PNG"), "")
+    with pytest.raises(SystemExit) as exit_info:
+        swarm_main(["ingest", str(source), "--index", str(tmp_path / "i.sqlite"), "--storage", str(tmp_path / "o"),
+                    "--caption-fields", "tag_string_general", "--caption-joiner", " | ", "--keep-underscores",
+                    "--allow-empty-captions", "--no-prepare-buckets", "--store-encoding", "png", "--json",
+                    "--no-progress"])
+    assert exit_info.value.code == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 2
+    index = Index(tmp_path / "i.sqlite")
+    with index.session() as s:
+        rows = {row.source_key: row for row in s.query(SampleRow)}
+    index.close()
+    assert rows["post.jpg"].caption == "long_hair | smile" and rows["blank.png"].caption == ""
+    assert all(row.bucket_key is None for row in rows.values())  # no bucket copies
+    assert rows["blank.png"].key.endswith(".png") and rows["post.jpg"].key.endswith(".jpg")  # JPEG kept as is
