@@ -179,8 +179,8 @@ class ChunkPrefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        self._channel.close()  # cancels a stream in flight, so the thread ends now rather than after the chunk
         self._thread.join(timeout=10)
-        self._channel.close()
 
     def __enter__(self) -> "ChunkPrefetcher":
         return self
