@@ -55,6 +55,19 @@ def test_prefetcher_close_stops_a_blocked_producer(dataset_server):
     assert not prefetcher._thread.is_alive()
 
 
+def test_prefetcher_close_cancels_a_stream_in_flight(dataset_server):
+    from prometheus_client import REGISTRY
+
+    prefetcher = ChunkPrefetcher(dataset_server.address, chunks=[("big", [4] * 9000)], as_stored=True, timeout=60)
+    deadline = time.monotonic() + 10  # wait until the server is streaming it
+    while not REGISTRY.get_sample_value("swarm_dataset_active_streams"):
+        assert time.monotonic() < deadline, "the chunk never started streaming"
+        time.sleep(0.02)
+    started = time.monotonic()
+    prefetcher.close()
+    assert time.monotonic() - started < 5 and not prefetcher._thread.is_alive()
+
+
 def test_fetch_chunk_retries_while_the_server_is_down_then_fails(small_dataset):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
