@@ -95,7 +95,19 @@ class PeerRun:
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        main_pid = os.getpid()
+
         def handle(signum, frame):
+            if os.getpid() != main_pid:
+                # A hivemind process forked from this one (DHT, averagers) inherited the handler. SIGTERM must kill
+                # it as usual, or the parent's shutdown (which terminates it) would wait on it forever; Ctrl-C's
+                # SIGINT reaches the whole process group and is left to the parent, which still needs its DHT.
+                if signum == signal.SIGTERM:
+                    signal.signal(signum, signal.SIG_DFL)
+                    os.kill(os.getpid(), signum)
+                else:
+                    signal.signal(signum, signal.SIG_IGN)
+                return
             logger.info(f"received {signal.Signals(signum).name}: finishing the current batch, then leaving")
             self.stop.set()
 
