@@ -18,6 +18,7 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(os.environ.get("SWARM_LOG_LEVEL", "INFO").upper())
         root.propagate = False
         _configured = True
-    if not name.startswith("swarm"):
+    # Service packages (swarm_coordinator, ...) hang under the "swarm" logger too, so one handler and level serve all.
+    if name != "swarm" and not name.startswith("swarm."):
         name = f"swarm.{name}"
     return logging.getLogger(name)
