@@ -17,7 +17,7 @@ from swarm import rpc
 from swarm.logs import get_logger
 from swarm.v1 import coordinator_pb2, coordinator_pb2_grpc
 
-logger = get_logger(f"swarm.{__name__}")  # logs.py leaves "swarm_*" names outside the "swarm" tree
+logger = get_logger(__name__)
 
 REJECTED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 

@@ -25,7 +25,7 @@ from swarm.logs import get_logger
 from swarm.v1 import dataset_pb2, dataset_pb2_grpc
 from swarm_dataset import imaging
 
-logger = get_logger(f"swarm.{__name__}")  # logs.py leaves "swarm_*" names outside the "swarm" tree
+logger = get_logger(__name__)
 
 # Worth another try: the server or its storage was briefly unreachable, or the deadline hit on a slow link.
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from swarm.logs import get_logger
 
-logger = get_logger(f"swarm.{__name__}")  # logs.py leaves "swarm_*" names outside the "swarm" tree
+logger = get_logger(__name__)
 
 # (file in skimage/data, name to write, caption, also write a mirrored copy)
 DEMO_IMAGES = (

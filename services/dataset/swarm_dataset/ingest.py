@@ -28,7 +28,7 @@ from swarm_dataset.pairing import (NO_CAPTION, CaptionError, CaptionOptions, Pai
 from swarm_dataset.storage import BadKeyError, LocalStorage, S3Storage, StorageError, content_key
 from swarm_dataset.validate import Rejection, ValidationLimits, check_image
 
-logger = get_logger(f"swarm.{__name__}")  # logs.py leaves "swarm_*" names outside the "swarm" tree
+logger = get_logger(__name__)
 
 READ_ERROR = "read_error"
 BAD_KEY = "bad_key"

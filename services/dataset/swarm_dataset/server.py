@@ -31,7 +31,7 @@ from swarm_dataset import imaging
 from swarm_dataset.index import Index, SampleInfo
 from swarm_dataset.storage import StorageError, open_storage
 
-logger = get_logger(f"swarm.{__name__}")  # logs.py leaves "swarm_*" names outside the "swarm" tree
+logger = get_logger(__name__)
 
 SERVICE_NAME = "swarm.v1.Dataset"
 MAX_IDS_PER_STREAM = 10_000

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from swarm.logs import get_logger
 
-logger = get_logger(f"swarm.{__name__}")  # logs.py leaves "swarm_*" names outside the "swarm" tree
+logger = get_logger(__name__)
 
 CONTENT_KEY = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|png|webp)$")
 # Defaults for every S3 call: fail fast on a dead endpoint, retry transient errors (botocore's standard mode).
