@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         "unexpected_outcomes": steady["unexpected"],
         "server_cpu_us_per_op": round(steady["server_cpu_s"] / max(1, steady["ops"]) * 1e6, 1),
         "client_cpu_us_per_op": round(steady["client_cpu_s"] / max(1, steady["ops"]) * 1e6, 1),
+        # What 2 idle cores could do at the CPU each call cost here (coordinator + clients): the bound.
+        "cpu_bound_ops_per_s": round(min(2, os.cpu_count() or 1) * 1e6 / max(1.0, (
+            steady["server_cpu_s"] + steady["client_cpu_s"]) / max(1, steady["ops"]) * 1e6), 1),
         "register": {"ops": register["ops"], "ops_per_s": round(register["ops_per_s"], 1),
                      "p99_ms": round(register["p99_ms"], 3), "errors": register["errors"]},
         "grpc_floor": ({"ops_per_s": round(floor["ops_per_s"], 1), "p50_ms": round(floor["p50_ms"], 3),
@@ -361,7 +364,8 @@ def _print_table(r: dict) -> None:
         print(f"gRPC floor (health checks, same clients): {f['ops_per_s']:.0f} ops/s, p50 {f['p50_ms']:.2f} ms, "
               f"p99 {f['p99_ms']:.2f} ms; CPU per op: coordinator {f['server_cpu_us_per_op']:.0f} us, clients "
               f"{f['client_cpu_us_per_op']:.0f} us")
-    print(f"CPU per op: coordinator {r['server_cpu_us_per_op']:.0f} us, clients {r['client_cpu_us_per_op']:.0f} us")
+    print(f"CPU per op: coordinator {r['server_cpu_us_per_op']:.0f} us, clients {r['client_cpu_us_per_op']:.0f} us "
+          f"-> at most {r['cpu_bound_ops_per_s']:.0f} ops/s on 2 idle cores")
     if r["store_only"]:
         s = r["store_only"]
         print(f"store alone (in process, no gRPC, one thread): {s['ops_per_s']:.0f} ops/s, p50 {s['p50_ms']:.3f} ms, "
