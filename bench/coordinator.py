@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {out}")
     ok = (result["lost"] == 0 and result["double_counted"] == 0 and not result["errors"]
-          and not result["unexpected_outcomes"] and register["ops"] == args.peers)
+          and not result["unexpected_outcomes"] and register["ops"] == args.peers and not register["errors"])
     return 0 if ok else 1
 
 
@@ -370,7 +370,8 @@ def _print_table(r: dict) -> None:
         s = r["store_only"]
         print(f"store alone (in process, no gRPC, one thread): {s['ops_per_s']:.0f} ops/s, p50 {s['p50_ms']:.3f} ms, "
               f"p99 {s['p99_ms']:.3f} ms")
-    print(f"register: {r['register']['ops']} peers at {r['register']['ops_per_s']:.0f}/s")
+    print(f"register: {r['register']['ops']} peers at {r['register']['ops_per_s']:.0f}/s, errors "
+          f"{r['register']['errors'] or 'none'}")
     print(f"audit: lost {r['lost']}, double counted {r['double_counted']}, double leased "
           f"{r['audit']['double_leased']}, {r['counted_reports']} COUNTED reports, errors {r['errors'] or 'none'}, "
           f"unexpected outcomes {r['unexpected_outcomes'] or 'none'}")

@@ -25,6 +25,7 @@ def test_coordinator_benchmark_small_run_audits_clean(tmp_path):
     result = json.loads(out.read_text())
     assert code == 0, result
     assert result["lost"] == 0 and result["double_counted"] == 0 and result["ops"] > 0
-    assert result["register"]["ops"] == 40 and result["coordinator_stopped_cleanly"]
+    assert result["register"]["ops"] == 40 and not result["register"]["errors"]
+    assert result["coordinator_stopped_cleanly"] and not result["errors"]
     assert {"ops_per_s", "p50_ms", "p99_ms"} <= result.keys()
     assert {"lease", "heartbeat", "report"} <= result["by_kind"].keys()

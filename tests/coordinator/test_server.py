@@ -230,3 +230,45 @@ def test_only_the_registering_token_speaks_for_a_peer(coordinator, db_path, cloc
     client.register("alice", token=other)
     code, _ = _code(lambda: client.Heartbeat(pb.HeartbeatRequest(peer_id="alice")))
     assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_concurrent_calls_from_many_threads_all_succeed(coordinator):
+    """Handler threads run at once: registering, listing, heartbeating and progress must never trip over each other
+    (reads of the in-memory tables happen under the store lock)."""
+    import threading
+
+    server, client = coordinator(max_workers=8)
+    _seed(server, n=50)
+    errors: list[str] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(40):
+                peer_id = f"t{t}-p{i}"
+                client.register(peer_id, multiaddrs=[f"/ip4/10.0.{t}.{i}/tcp/1"])
+                client.Heartbeat(pb.HeartbeatRequest(peer_id=peer_id, global_epoch=i))
+                leases = client.LeaseChunks(pb.LeaseChunksRequest(peer_id=peer_id, max_chunks=1, config_version=1))
+                for lease in leases.leases:
+                    client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id=peer_id, lease_id=lease.lease_id))
+                if i % 5 == 0:
+                    client.ListPeers(pb.ListPeersRequest())
+                    client.GetProgress(pb.GetProgressRequest())
+        except grpc.RpcError as e:
+            errors.append(f"{e.code().name}: {e.details()}")
+
+    import sys
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up instead of hiding
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    progress = client.GetProgress(pb.GetProgressRequest())
+    assert progress.peers_alive == 320 and len(progress.peers) == 320
+    assert progress.samples_done == sum(p.samples_contributed for p in progress.peers) > 0

@@ -5,7 +5,6 @@ RPC counters and latencies are recorded as calls happen; run progress is compute
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 from prometheus_client import REGISTRY, Counter, Histogram
@@ -51,9 +50,8 @@ class RpcRecorder:
 class ProgressCollector:
     """Run progress gauges, read from the store when Prometheus scrapes."""
 
-    def __init__(self, progress: Callable[[], object], *, dataset_up: Callable[[], bool | None] = lambda: None,
-                 peer_ttl: float = 120.0, clock: Callable[[], float] = time.time):
-        self._progress, self._dataset_up, self._peer_ttl, self._clock = progress, dataset_up, peer_ttl, clock
+    def __init__(self, progress: Callable[[], object], *, dataset_up: Callable[[], bool | None] = lambda: None):
+        self._progress, self._dataset_up = progress, dataset_up
 
     def describe(self):
         return []  # names are produced at scrape time; nothing to check for duplicates up front
@@ -86,9 +84,8 @@ class ProgressCollector:
         yield chunks
         contributed = GaugeMetricFamily(f"{PREFIX}peer_samples_contributed",
                                         "Samples each peer trained and got counted", labels=["peer", "name"])
-        now = self._clock()
         for peer in p.peers:
-            if peer.samples_contributed or now - peer.last_seen <= self._peer_ttl:
+            if peer.samples_contributed or peer.peer_id in p.alive_peer_ids:
                 contributed.add_metric([peer.peer_id, peer.name], peer.samples_contributed)
         yield contributed
         up = self._dataset_up()

@@ -47,4 +47,5 @@ class ProgressSnapshot:
     lr: float
     lr_total_steps: int
     samples_pending: int = 0  # synced from the dataset, waiting to fill a chunk
-    peers: list[PeerRecord] = field(default_factory=list)
+    peers: list[PeerRecord] = field(default_factory=list)  # copies, every peer ever registered
+    alive_peer_ids: frozenset[str] = frozenset()

@@ -110,7 +110,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             raise rules.InvalidRequest(f"batch_size must be >= 0, got {request.batch_size}")
         self.store.register(peer_id, name=name, multiaddrs=multiaddrs, client_mode=request.client_mode,
                             batch_size=request.batch_size, caller=_caller(context))
-        initial = self.store.peers.initial_peers(self.bootstrap_peers, now=self.store.clock(), exclude_peer_id=peer_id)
+        initial = self.store.initial_peers(self.bootstrap_peers, exclude_peer_id=peer_id)
         return pb.RegisterPeerResponse(config=self._config_message(self.store.config), initial_peers=initial,
                                        dataset_address=self.dataset_address, lease_ttl_s=self.store.lease_ttl,
                                        heartbeat_interval_s=self.heartbeat_interval)
@@ -146,7 +146,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         states = self.store.heartbeat(peer_id, lease_ids, global_epoch=request.global_epoch, loss=loss,
                                       samples_per_s=request.samples_per_s, finished=request.finished,
                                       caller=_caller(context))
-        epochs = self.store.peers.epochs(now=self.store.clock())
+        epochs = self.store.epochs()
         config = self.store.config
         samples_total = self.store.queue.samples_total
         return pb.HeartbeatResponse(
@@ -174,15 +174,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @_handler("ListPeers")
     def ListPeers(self, request, context):
-        now = self.store.clock()
-        live = self.store.peers.live(now=now)
-        return pb.ListPeersResponse(peers=[_peer_info(p, alive=True) for p in live],
-                                    initial_peers=self.store.peers.initial_peers(self.bootstrap_peers, now=now))
+        return pb.ListPeersResponse(peers=[_peer_info(p, alive=True) for p in self.store.live_peers()],
+                                    initial_peers=self.store.initial_peers(self.bootstrap_peers))
 
     @_handler("GetProgress")
     def GetProgress(self, request, context):
         p = self.store.progress()
-        now = self.store.clock()
         return pb.Progress(
             samples_done=p.samples_done, data_epochs_done=p.data_epochs_done, chunks_total=p.chunks_total,
             chunks_queued=p.chunks_queued, chunks_leased=p.chunks_leased, chunks_done=p.chunks_done,
@@ -190,7 +187,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             run_complete=p.run_complete, max_data_epochs=p.max_data_epochs, lr=p.lr, lr_total_steps=p.lr_total_steps,
             samples_total=p.samples_total, samples_pending=p.samples_pending, swarm_epoch_min=p.swarm_epoch_min,
             peers_training=p.peers_training,
-            peers=[_peer_info(peer, alive=self.store.peers.alive(peer, now=now)) for peer in p.peers])
+            peers=[_peer_info(peer, alive=peer.peer_id in p.alive_peer_ids) for peer in p.peers])
 
 
 class Coordinator:
@@ -268,8 +265,7 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
         address = bind(server, listen)
         sync = (DatasetSync(store, address=dataset, token=dataset_token, interval=sync_interval,
                             retry_interval=min(2.0, sync_interval)) if dataset else None)
-        collector = metrics.ProgressCollector(store.progress, dataset_up=lambda: sync.up if sync else None,
-                                              peer_ttl=peer_ttl, clock=clock)
+        collector = metrics.ProgressCollector(store.progress, dataset_up=lambda: sync.up if sync else None)
         unregister = metrics.register_collector(collector)
         started.append(unregister)
         metrics_server = MetricsServer(host=metrics_host, port=metrics_port) if metrics_port is not None else None

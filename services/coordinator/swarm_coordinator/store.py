@@ -30,8 +30,8 @@ from swarm_coordinator.intake import IntakeMixin
 from swarm_coordinator.peers import PeerRecord, PeerTable
 from swarm_coordinator.progress import ProgressSnapshot, current_lr, lr_total_steps
 from swarm_coordinator.queue import ChunkQueue
-from swarm_coordinator.rules import (LeaseState, Outcome, extended_deadline, lease_expired, may_act_for, may_register,
-                                     report_outcome)
+from swarm_coordinator.rules import (LeaseState, Outcome, SwarmEpochs, extended_deadline, lease_expired, may_act_for,
+                                     may_register, report_outcome)
 
 
 @dataclass(frozen=True)
@@ -308,8 +308,24 @@ class Store(IntakeMixin):
             return self.peers.register(peer_id, now=now, name=name, multiaddrs=tuple(multiaddrs),
                                        client_mode=client_mode, batch_size=batch_size, owner=caller)
 
+    # Reads of the in-memory tables take the lock too: handler threads run concurrently with writers, and iterating
+    # a dict another thread is growing fails ("dictionary changed size during iteration").
+
     def run_complete(self) -> bool:
-        return self.queue.run_complete(max_data_epochs=self.max_data_epochs)
+        with self._lock:
+            return self.queue.run_complete(max_data_epochs=self.max_data_epochs)
+
+    def epochs(self) -> SwarmEpochs:
+        with self._lock:
+            return self.peers.epochs(now=self.clock())
+
+    def initial_peers(self, bootstrap: Sequence[str], *, exclude_peer_id: str | None = None) -> list[str]:
+        with self._lock:
+            return self.peers.initial_peers(list(bootstrap), now=self.clock(), exclude_peer_id=exclude_peer_id)
+
+    def live_peers(self) -> list[PeerRecord]:
+        with self._lock:
+            return [dataclasses.replace(p) for p in self.peers.live(now=self.clock())]
 
     # ------------------------------------------------------------------------------------------------ progress
 
@@ -331,4 +347,5 @@ class Store(IntakeMixin):
                 lr=current_lr(config, epoch=epochs.swarm_epoch, samples_total=samples_total),
                 lr_total_steps=lr_total_steps(config, samples_total=samples_total),
                 samples_pending=sum(len(ids) for ids in self._pending.values()),
-                peers=[dataclasses.replace(p) for p in self.peers.all()])
+                peers=[dataclasses.replace(p) for p in self.peers.all()],
+                alive_peer_ids=frozenset(p.peer_id for p in self.peers.live(now=now)))
