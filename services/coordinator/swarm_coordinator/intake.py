@@ -22,7 +22,7 @@ class IntakeMixin:
             if config is None:
                 config = current.config if current else RunConfig()
             version, created = configs.store_if_changed(self._conn, config, run_id=run_id, now=self.clock())
-        self._set_config(version)
+            self._set_config(version)
         return version, created
 
     def _set_config(self, version: configs.ConfigVersion) -> None:
@@ -36,14 +36,17 @@ class IntakeMixin:
             if self.config is not None and latest == self.config.version:
                 return False
             version = configs.latest(self._conn)
-        if version is None:
-            return False
-        self._set_config(version)
-        return True
+            if version is None:
+                return False
+            self._set_config(version)
+            return True
 
     def get_config(self, version: int = 0) -> configs.ConfigVersion | None:
-        if version == 0 or (self.config and version == self.config.version):
-            return self.config
+        current = self.config
+        if version == 0 or (current and version == current.version):
+            return current
+        if current is None or version > current.version:
+            return None  # peers only ever learn versions from us: a newer one does not exist (no query for it)
         if version not in self._versions:
             with self._lock, self._conn.begin():
                 found = configs.get(self._conn, version)
