@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +67,3 @@ def dataset_server(small_dataset):
     yield running
     running.stop(grace=1)
 
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    """A real S3-compatible HTTP server (moto's server mode) on loopback, with dummy credentials in the env."""
-    from moto.server import ThreadedMotoServer
-
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()

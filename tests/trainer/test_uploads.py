@@ -1,8 +1,6 @@
 """Checkpoint upload to S3, against moto's real S3-compatible HTTP server started by the test."""
 from __future__ import annotations
 
-import os
-
 import boto3
 import pytest
 
@@ -11,19 +9,6 @@ from swarm_trainer.uploads import CheckpointUploader, parse_s3_url
 
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_parse_s3_url():
