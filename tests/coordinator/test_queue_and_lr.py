@@ -140,3 +140,17 @@ def test_peer_table_counts_epochs_incrementally_like_the_reference_rule():
                 p.last_seen, now=now, peer_ttl=30.0) for p in table.all()):
             assert got == expected, step
     assert table.epochs(now=now + 1.5).peers_alive == 10
+
+
+def test_peer_table_initial_peers_match_the_reference_rule_for_many_peers():
+    from swarm_coordinator.peers import PeerTable
+
+    rng = random.Random(3)
+    table = PeerTable(peer_ttl=60.0)
+    for i in range(500):
+        table.register(f"p{i:03d}", now=rng.uniform(0, 200), name="", multiaddrs=(f"/ip4/10.0.{i // 256}.{i % 256}/tcp/1",),
+                       client_mode=rng.random() < 0.3, batch_size=1, owner=None)
+    views = [p.view() for p in table.all()]
+    got = table.initial_peers(["/boot"], now=200.0, exclude_peer_id="p007")
+    assert got == rules.initial_peers(["/boot"], views, now=200.0, peer_ttl=60.0, exclude_peer_id="p007")
+    assert len(got) == 1 + rules.MAX_INITIAL_PEERS

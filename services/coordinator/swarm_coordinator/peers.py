@@ -5,11 +5,12 @@ contributions stay on record, but a peer not seen within the TTL is dead and its
 """
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter
 from dataclasses import dataclass
 
-from swarm_coordinator.rules import PeerView, SwarmEpochs, initial_peers, peer_alive
+from swarm_coordinator.rules import MAX_INITIAL_PEERS, PeerView, SwarmEpochs, initial_peers, peer_alive
 
 EPOCHS_CACHE_S = 1.0
 
@@ -47,6 +48,7 @@ class PeerTable:
         self._epoch_counts: Counter[int] = Counter()
         self._training = 0
         self._counted_at: float | None = None
+        self._candidates: tuple[float, list[PeerView]] | None = None  # (computed at, initial-peer candidates)
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -126,5 +128,12 @@ class PeerTable:
         self._counted_at = now
 
     def initial_peers(self, bootstrap: list[str], *, now: float, exclude_peer_id: str | None = None) -> list[str]:
-        return initial_peers(bootstrap, (p.view() for p in self._peers.values()), now=now, peer_ttl=self.peer_ttl,
-                             exclude_peer_id=exclude_peer_id)
+        """rules.initial_peers over the most recently seen candidates only: a burst of joins (a whole swarm
+        re-registering after a restart) must not sort every peer for every join. The candidates are recomputed at
+        most every EPOCHS_CACHE_S; a peer that joined within that time reaches joiners a moment later."""
+        cached = self._candidates
+        if cached is None or not 0.0 <= now - cached[0] < EPOCHS_CACHE_S:
+            live = (p for p in self._peers.values() if not p.client_mode and self.alive(p, now=now))
+            top = heapq.nlargest(2 * MAX_INITIAL_PEERS + 1, live, key=lambda p: (p.last_seen, p.peer_id))
+            cached = self._candidates = (now, [p.view() for p in top])
+        return initial_peers(bootstrap, cached[1], now=now, peer_ttl=self.peer_ttl, exclude_peer_id=exclude_peer_id)
