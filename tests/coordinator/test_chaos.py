@@ -1,4 +1,4 @@
-"""Chaos: SIGKILL the coordinator (twice) and a peer mid-chunk while peers lease and report; then audit.
+"""Chaos: SIGKILL the coordinator (twice) and a peer mid-chunk while peers lease and report, restart them; audit.
 
 Real processes: `python -m swarm coordinator` on a fixed loopback port (a restarted coordinator keeps its address,
 as in production), peers as threads with real gRPC clients plus one peer process that is killed holding leases.
@@ -120,7 +120,9 @@ def test_sigkill_coordinator_and_peer_mid_work_loses_nothing_and_counts_nothing_
     processes.append(coordinator)
     swarm = Swarm(f"127.0.0.1:{port}", token, version)
     swarm.up.set()
-    peers = [threading.Thread(target=_peer, args=(swarm, f"peer-{i}"), daemon=True) for i in range(3)]
+    # Three peers, plus the killed one restarted (same peer id and token, its leases forgotten with its process).
+    peers = [threading.Thread(target=_peer, args=(swarm, name), daemon=True)
+             for name in ("peer-0", "peer-1", "peer-2", "doomed")]
 
     with channel(swarm.address) as ch:
         stub = pb_grpc.CoordinatorStub(ch)
