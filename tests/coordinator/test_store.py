@@ -210,3 +210,12 @@ def test_schema_upgrade_adds_the_peer_token_column(db_path):
     with engine.connect() as conn:
         assert "token_hash" in {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(peers)")}
     engine.dispose()
+
+
+def test_full_synchronous_mode_for_power_loss_durability(db_path, clock):
+    store = Store.open(db_path, clock=clock, synchronous="full")
+    try:
+        assert store._raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store._raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        store.close()

@@ -69,7 +69,7 @@ def test_chunks_follow_the_dataset_index_and_survive_it_being_down(coordinator, 
         # 5 square samples -> chunks of 2, 2 and (once the index stops growing) 1; 2 wide ones -> 1 chunk.
         progress = _wait_for(lambda: (p := client.GetProgress(pb.GetProgressRequest())).chunks_total == 4 and p,
                              timeout=30, what="the first sync")
-        assert progress.samples_total == 7 and progress.samples_pending == 0
+        assert progress.samples_total == 7 and progress.samples_pending == 0 and server.sync.up
         leases = client.LeaseChunks(pb.LeaseChunksRequest(peer_id="peer", max_chunks=10, config_version=1)).leases
         first_cut = {lease.chunk_id: list(lease.sample_ids) for lease in leases}
         assert sorted(sid for ids in first_cut.values() for sid in ids) == list(range(1, 8))
