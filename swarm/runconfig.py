@@ -85,6 +85,12 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
         return value
     if expected == "float" or expected is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; every SD trainer's config writes learning rates that way.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         if not math.isfinite(value):

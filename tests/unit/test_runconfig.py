@@ -58,3 +58,11 @@ def test_restart_needed_names_keys_that_cannot_change_live():
 def test_bad_run_ids(run_id):
     with pytest.raises(ConfigError, match="run id must be"):
         validate_run_id(run_id)
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; users write learning rates that way.
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-4\nopt_epsilon: 1e-8\n")
+    cfg = load_yaml(str(path))
+    assert cfg.lr == 1e-4 and cfg.opt_epsilon == 1e-8
