@@ -16,7 +16,26 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return info.value.code, out, err
 
 
-def test_token_create_list_revoke(capsys, db_path):
+@pytest.fixture
+def existing_db(db_path):
+    """A coordinator database as the coordinator creates it at its first start."""
+    from swarm_coordinator import db
+
+    db.open_engine(db_path).dispose()
+    return db_path
+
+
+def test_admin_commands_refuse_a_database_that_does_not_exist(capsys, tmp_path):
+    missing = str(tmp_path / "typo" / "coordinator.sqlite")
+    for argv in (("token", "create", "--db", missing), ("token", "list", "--db", missing),
+                 ("token", "revoke", "--db", missing, "alice"), ("config", "show", "--db", missing)):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "no coordinator database at" in err, argv
+    assert not (tmp_path / "typo").exists()
+
+
+def test_token_create_list_revoke(capsys, existing_db):
+    db_path = existing_db
     code, out, err = run(capsys, "token", "create", "--db", db_path, "--name", "alice")
     token = out.strip()
     assert code == 0 and token.startswith("swt_") and len(token) > 40 and "shown only this once" in err
@@ -64,7 +83,8 @@ def test_token_checker_caches_good_tokens_only(db_path):
     assert checker(late) is None  # new tokens work at once: misses are never cached
 
 
-def test_config_show_and_set(capsys, db_path, tmp_path):
+def test_config_show_and_set(capsys, existing_db, tmp_path):
+    db_path = existing_db
     code, _, err = run(capsys, "config", "show", "--db", db_path)
     assert code == 2 and "no run config yet" in err
     run_yaml = tmp_path / "run.yaml"

@@ -146,9 +146,21 @@ def _valid_address(address: str) -> bool:
     return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
 
 
+def _existing_db(path: str) -> str:
+    """Admin commands act on the coordinator's database; a mistyped path must not quietly create a new, unused one."""
+    from swarm.cli import UsageError
+
+    if not os.path.isfile(path):
+        raise UsageError(f"no coordinator database at {path}: pass the --db the coordinator uses "
+                         f"(`swarm host` keeps it at DATA_DIR/coordinator.sqlite); start the coordinator once to "
+                         f"create it")
+    return path
+
+
 def run_token_create(args: argparse.Namespace) -> int:
     from swarm_coordinator.tokens import create_token, list_tokens
 
+    _existing_db(args.db)
     name = args.name or f"token-{len(list_tokens(args.db)) + 1}"
     token = create_token(args.db, name=name)
     print(token)
@@ -160,7 +172,7 @@ def run_token_create(args: argparse.Namespace) -> int:
 def run_token_list(args: argparse.Namespace) -> int:
     from swarm_coordinator.tokens import list_tokens
 
-    tokens = list_tokens(args.db)
+    tokens = list_tokens(_existing_db(args.db))
     if args.json:
         print(json.dumps([{"name": t.name, "prefix": t.prefix, "created": t.created, "revoked": t.revoked}
                           for t in tokens], indent=2))
@@ -184,7 +196,7 @@ def _when(ts: float) -> str:
 def run_token_revoke(args: argparse.Namespace) -> int:
     from swarm_coordinator.tokens import revoke_tokens
 
-    for t in revoke_tokens(args.db, args.name_or_prefix):
+    for t in revoke_tokens(_existing_db(args.db), args.name_or_prefix):
         print(f"revoked {t.name!r} ({t.prefix}…)")
     return 0
 
@@ -192,14 +204,14 @@ def run_token_revoke(args: argparse.Namespace) -> int:
 def run_config_show(args: argparse.Namespace) -> int:
     from swarm_coordinator.configs import show_config, to_yaml
 
-    print(to_yaml(show_config(args.db, version=args.version)), end="")
+    print(to_yaml(show_config(_existing_db(args.db), version=args.version)), end="")
     return 0
 
 
 def run_config_set(args: argparse.Namespace) -> int:
     from swarm_coordinator.configs import changed_keys, restart_keys_changed, set_config
 
-    previous, current, created = set_config(args.db, file=args.file, assignments=args.assignments)
+    previous, current, created = set_config(_existing_db(args.db), file=args.file, assignments=args.assignments)
     if not created:
         print(f"unchanged: config version {current.version} already says that")
         return 0
