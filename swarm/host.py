@@ -56,8 +56,6 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
                peer_ttl: float | None = None, heartbeat_interval: float | None = None,
                ready_timeout: float = 120.0) -> HostServices:
     """Start bootstrap DHT, coordinator and dataset service; return once all three serve."""
-    from swarm_coordinator.tokens import create_token
-
     # The coordinator and the dataset service each need the other's address before either is up, so port 0 is
     # resolved to a free port here rather than by the services themselves.
     coordinator_port = coordinator_port or free_port()
@@ -80,20 +78,18 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         started.append(bootstrap)
         maddrs = bootstrap.wait_ready(timeout=ready_timeout)["multiaddrs"]
 
-        # The dataset service checks tokens against the coordinator, and the coordinator lists the dataset with a
-        # token of its own: a host-internal token, created fresh each start (older ones are revoked by name).
-        internal_token = create_token(str(db_path), name="host-internal", replace=True)
+        # The coordinator fetches the bootstrap multiaddrs from the node's /multiaddrs, as in Docker Compose, and
+        # makes itself a token to list the dataset with (the dataset service checks tokens against it).
         coordinator_args = [
             "coordinator", "--listen", f"{bind_host}:{coordinator_port}", "--db", str(db_path), "--run-id", run_id,
-            "--dataset", f"127.0.0.1:{dataset_port}",
-            "--bootstrap-peers", *maddrs, "--metrics-port", str(coordinator_metrics),
+            "--dataset", f"127.0.0.1:{dataset_port}", "--metrics-port", str(coordinator_metrics),
+            "--bootstrap-peers-url", f"http://127.0.0.1:{bootstrap.info['metrics_port']}/multiaddrs",
         ]
         for flag, value in (("--config", config_path), ("--lease-ttl", lease_ttl), ("--peer-ttl", peer_ttl),
                             ("--heartbeat-interval", heartbeat_interval)):
             if value is not None:
                 coordinator_args += [flag, str(value)]
-        coordinator = start_service("coordinator", coordinator_args, workdir=logs,
-                                    env={"SWARM_DATASET_TOKEN": internal_token})
+        coordinator = start_service("coordinator", coordinator_args, workdir=logs)
         started.append(coordinator)
         coordinator_address = _connect_address(coordinator.wait_ready(timeout=ready_timeout)["grpc_address"],
                                                "127.0.0.1")

@@ -40,9 +40,13 @@ def register(subparsers) -> None:
                    help="the swarm's name on the DHT; swarms sharing a DHT need different ones (default: %(default)s)")
     p.add_argument("--dataset", metavar="HOST:PORT", help="HOST:PORT of the dataset service whose index is cut into chunks")
     p.add_argument("--dataset-public-address", metavar="HOST:PORT", help="dataset address told to peers (default: --dataset)")
-    p.add_argument("--dataset-token", metavar="TOKEN", help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN)")
+    p.add_argument("--dataset-token", metavar="TOKEN", help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN, else a "
+                        "'coordinator-internal' token the coordinator makes itself at each start)")
     p.add_argument("--bootstrap-peers", nargs="*", default=[], metavar="MADDR",
                    help="multiaddrs of the bootstrap DHT: every joiner's first initial peers")
+    p.add_argument("--bootstrap-peers-url", metavar="URL",
+                   help="fetch (and refresh) the bootstrap DHT's multiaddrs from its /multiaddrs route, e.g. "
+                        "http://bootstrap-dht:9103/multiaddrs; added after --bootstrap-peers")
     p.add_argument("--lease-ttl", type=_positive, default=1200.0, metavar="S",
                    help="seconds a lease lives without a heartbeat (default: %(default)s, the 2022 trainer's 20 min)")
     p.add_argument("--peer-ttl", type=_positive, default=120.0, metavar="S",
@@ -133,7 +137,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         serve(listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id, dataset=args.dataset,
               dataset_public_address=args.dataset_public_address,
               dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
-              bootstrap_peers=args.bootstrap_peers, lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl,
+              bootstrap_peers=args.bootstrap_peers, bootstrap_peers_url=args.bootstrap_peers_url, lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl,
               heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port, ready_file=args.ready_file,
               sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers)
     except (DatabaseInUse, OSError) as e:

@@ -31,7 +31,8 @@ from swarm_coordinator.progress import current_lr, lr_total_steps
 from swarm_coordinator.errors import ConfigNotFound, StoreError
 from swarm_coordinator.store import Store
 from swarm_coordinator.sync import DatasetSync
-from swarm_coordinator.tokens import TokenChecker, hash_token
+from swarm_coordinator.bootstrap_source import BootstrapPeersSource
+from swarm_coordinator.tokens import TokenChecker, create_token, hash_token
 
 logger = get_logger(__name__)
 
@@ -234,7 +235,7 @@ class Coordinator:
 def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite", config_path: str | None = None,
           config: RunConfig | None = None, run_id: str = "swarm-diffusion", dataset: str | None = None,
           dataset_public_address: str | None = None, dataset_token: str | None = None,
-          bootstrap_peers: Sequence[str] = (), lease_ttl: float = 1200.0, peer_ttl: float = 120.0,
+          bootstrap_peers: Sequence[str] = (), bootstrap_peers_url: str | None = None, lease_ttl: float = 1200.0, peer_ttl: float = 120.0,
           heartbeat_interval: float = 30.0, metrics_port: int | None = 9100, metrics_host: str = "0.0.0.0",
           ready_file: str | None = None, sync_interval: float = 5.0, upkeep_interval: float = 1.0,
           synchronous: str = "normal", max_workers: int = 4, token_cache_ttl: float = 5.0,
@@ -247,6 +248,10 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
     started = []
     try:
         version, created = store.ensure_config(config, run_id=run_id)
+        if dataset and not dataset_token:
+            # The dataset service checks tokens against this coordinator, so a token of our own, made fresh at each
+            # start (older ones revoked), lets us list the dataset with no token copied around by hand.
+            dataset_token = create_token(db_path, name="coordinator-internal", replace=True)
         logger.info(f"run config version {version.version} ({'new' if created else 'unchanged'}), run id {run_id}")
         token_engine = db.make_engine(db_path, immediate=False)
         started.append(token_engine.dispose)
@@ -259,9 +264,15 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
             return error
 
         server, health = make_server(max_workers=max_workers, interceptors=[TokenAuthInterceptor(check)])
-        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(
-            store, bootstrap_peers=bootstrap_peers, dataset_address=dataset_public_address or dataset or "",
-            heartbeat_interval=heartbeat_interval), server)
+        servicer = CoordinatorServicer(store, bootstrap_peers=bootstrap_peers,
+                                       dataset_address=dataset_public_address or dataset or "",
+                                       heartbeat_interval=heartbeat_interval)
+        pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+        if bootstrap_peers_url:
+            source = BootstrapPeersSource(bootstrap_peers_url, static=bootstrap_peers,
+                                          publish=lambda peers: setattr(servicer, "bootstrap_peers", peers))
+            source.start()
+            started.append(source.stop)
         address = bind(server, listen)
         sync = (DatasetSync(store, address=dataset, token=dataset_token, interval=sync_interval,
                             retry_interval=min(2.0, sync_interval)) if dataset else None)
@@ -277,7 +288,7 @@ def serve(*, listen: str = "0.0.0.0:50051", db_path: str = "coordinator.sqlite",
             logger.warning("no --dataset given: no samples will be synced, so no chunks can be leased")
         coordinator = Coordinator(store=store, server=server, address=address, health=health,
                                   metrics_server=metrics_server, sync=sync,
-                                  cleanup=lambda: (unregister(), token_engine.dispose()),
+                                  cleanup=lambda: [undo() for undo in started],
                                   upkeep_interval=upkeep_interval)
     except BaseException:
         for undo in started:
