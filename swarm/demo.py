@@ -39,7 +39,7 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
-def _coordinator_progress(address: str, token: str):
+def coordinator_progress(address: str, token: str):
     import grpc
 
     from swarm.rpc import channel, token_metadata
@@ -54,55 +54,71 @@ def _coordinator_progress(address: str, token: str):
             return None
 
 
-def run_demo(workdir: str | Path, *, trainers: int = 2, config: dict[str, Any] | None = None,
-             client_mode_peers: int = 1, timeout: float = 900.0, show_progress: bool = True,
-             trainer_args: list[str] | None = None, prometheus_targets: str | Path | None = None
-             ) -> dict[str, Any]:
-    """Run a whole swarm to the end of its run config and return the summary written to WORKDIR/summary.json."""
-    from tqdm import tqdm
-
-    from swarm.host import start_host
-    from swarm_coordinator.tokens import create_token
+def prepare_demo_data(workdir: Path, run_config: dict[str, Any]) -> tuple[Path, Path, str, int]:
+    """Write the run config and the demo images, ingest them; returns (config path, index, storage URL, images)."""
     from swarm_dataset.demo_images import write_demo_folder
 
-    started_at = time.monotonic()
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_config = {**DEMO_CONFIG, **(config or {})}
     config_path = workdir / "run.yaml"
     config_path.write_text(yaml.safe_dump(run_config))
-
     images = workdir / "images"
     n_images = write_demo_folder(images)
     logger.info(f"ingesting {n_images} demo images")
     index, objects = workdir / "host" / "dataset.sqlite", f"file://{workdir / 'host' / 'objects'}"
-    (workdir / "host").mkdir(exist_ok=True)
+    (workdir / "host").mkdir(parents=True, exist_ok=True)
     ingest = subprocess.run([sys.executable, "-m", "swarm", "ingest", str(images), "--index", str(index),
                              "--storage", objects, "--config", str(config_path)],
                             capture_output=True, text=True, timeout=600)
     if ingest.returncode != 0:
         raise RuntimeError(f"swarm ingest failed:\n{ingest.stdout}\n{ingest.stderr}")
+    return config_path, index, objects, n_images
 
-    host = start_host(workdir / "host", config_path=str(config_path), run_id="demo", index_path=str(index),
+
+def start_demo_host(workdir: Path, config_path: Path, index: Path, objects: str, *, lease_ttl: float = 120,
+                    peer_ttl: float = 60):
+    from swarm.host import start_host
+
+    return start_host(workdir / "host", config_path=str(config_path), run_id="demo", index_path=str(index),
                       storage=objects, bind_host="127.0.0.1", coordinator_port=0, dataset_port=0, dht_port=0,
-                      metrics_ports=(0, 0, 0), lease_ttl=120, peer_ttl=60, heartbeat_interval=2)
+                      metrics_ports=(0, 0, 0), lease_ttl=lease_ttl, peer_ttl=peer_ttl, heartbeat_interval=2)
+
+
+def start_demo_trainer(workdir: Path, index: int, *, coordinator: str, token: str, client_mode: bool = False,
+                       extra_args: list[str] | None = None) -> ServiceProcess:
+    """One CPU trainer on loopback with the short hivemind timeouts a one-machine swarm can afford."""
+    return start_service(f"trainer-{index}", [
+        "train", "--coordinator", coordinator, "--output-dir", str(workdir / f"trainer-{index}"),
+        "--name", f"demo-peer-{index}", "--batch-size", "2", "--device", "cpu", "--precision", "fp32",
+        "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--matchmaking-time", "2", "--averaging-timeout", "15",
+        "--load-state-timeout", "30", "--compression", "none", "--barrier-timeout", "120",
+        "--metrics-port", "0", *(["--client-mode"] if client_mode else []), *(extra_args or []),
+    ], workdir=workdir / "logs", env={"SWARM_TOKEN": token})
+
+
+def run_demo(workdir: str | Path, *, trainers: int = 2, config: dict[str, Any] | None = None,
+             client_mode_peers: int = 1, timeout: float = 900.0, show_progress: bool = True,
+             trainer_args: list[str] | None = None, prometheus_targets: str | Path | None = None
+             ) -> dict[str, Any]:
+    """Run a whole swarm to the end of its run config and return the summary written to WORKDIR/summary.json."""
+    from swarm_coordinator.tokens import create_token
+
+    started_at = time.monotonic()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_config = {**DEMO_CONFIG, **(config or {})}
+    config_path, index, objects, n_images = prepare_demo_data(workdir, run_config)
+    host = start_demo_host(workdir, config_path, index, objects)
     peers: list[ServiceProcess] = []
     try:
         token = create_token(str(host.workdir / "coordinator.sqlite"), name="demo-trainers")
         for i in range(trainers):
             client_mode = i >= trainers - client_mode_peers and i > 0  # peer 0 always listens
-            peers.append(start_service(f"trainer-{i}", [
-                "train", "--coordinator", host.coordinator_address, "--output-dir", str(workdir / f"trainer-{i}"),
-                "--name", f"demo-peer-{i}", "--batch-size", "2", "--device", "cpu", "--precision", "fp32",
-                "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--matchmaking-time", "2", "--averaging-timeout", "15",
-                "--load-state-timeout", "30", "--compression", "none", "--barrier-timeout", "120",
-                "--metrics-port", "0", *(["--client-mode"] if client_mode else []), *(trainer_args or []),
-            ], workdir=workdir / "logs", env={"SWARM_TOKEN": token}))
+            peers.append(start_demo_trainer(workdir, i, coordinator=host.coordinator_address, token=token,
+                                            client_mode=client_mode, extra_args=trainer_args))
         if prometheus_targets:
             _write_prometheus_targets(prometheus_targets, host, peers)
-        _wait_for_trainers(peers, host.coordinator_address, token, total=n_images * run_config["max_data_epochs"],
-                           timeout=timeout, show_progress=show_progress, tqdm=tqdm)
-        progress = _coordinator_progress(host.coordinator_address, token)
+        wait_for_trainers(peers, host.coordinator_address, token, total=n_images * run_config["max_data_epochs"],
+                          timeout=timeout, show_progress=show_progress)
+        progress = coordinator_progress(host.coordinator_address, token)
     finally:
         for peer in peers:
             peer.stop(timeout=60)
@@ -139,8 +155,11 @@ def _write_prometheus_targets(path: str | Path, host, peers: list[ServiceProcess
     tmp.replace(path)
 
 
-def _wait_for_trainers(peers: list[ServiceProcess], coordinator: str, token: str, *, total: int, timeout: float,
-                       show_progress: bool, tqdm) -> None:
+def wait_for_trainers(peers: list[ServiceProcess], coordinator: str, token: str, *, total: int, timeout: float,
+                      show_progress: bool = False) -> None:
+    """Until every trainer exits (an error if one fails), showing the swarm's progress from the coordinator."""
+    from tqdm import tqdm
+
     deadline = time.monotonic() + timeout
     with tqdm(total=total, unit="sample", desc="swarm", disable=not show_progress, file=sys.stderr) as bar:
         while any(p.popen.poll() is None for p in peers):
@@ -150,7 +169,7 @@ def _wait_for_trainers(peers: list[ServiceProcess], coordinator: str, token: str
                                    + failed[0]._log_tail())
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the swarm did not finish in {timeout:.0f} s; logs in {peers[0].log_path.parent}")
-            progress = _coordinator_progress(coordinator, token)
+            progress = coordinator_progress(coordinator, token)
             if progress is not None:
                 bar.n = min(total, progress.samples_done)
                 bar.set_postfix(epoch=progress.swarm_epoch, data_epoch=progress.data_epochs_done,

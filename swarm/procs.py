@@ -45,6 +45,8 @@ class ServiceProcess:
     ready_file: Path
     log_path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def wait_ready(self, *, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -64,7 +66,7 @@ class ServiceProcess:
         return ""
 
     def stop(self, *, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
-        """Ask politely (SIGTERM lets trainers release leases and save), then kill."""
+        """Ask politely (SIGTERM lets trainers release leases and save), then kill; leave no child behind."""
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
@@ -73,7 +75,21 @@ class ServiceProcess:
                 logger.warning(f"{self.name} did not stop in {timeout:.0f} s; killing it")
                 self.popen.kill()
                 self.popen.wait(timeout=10)
+        self._kill_group()
         return self.popen.returncode
+
+    def crash(self) -> None:
+        """SIGKILL the whole process group at once, as a machine dying would: no handler runs, nothing is saved."""
+        self._kill_group()
+        self.popen.wait(timeout=10)
+
+    def _kill_group(self) -> None:
+        # Each service runs in its own session, so its group holds what it forked (hivemind's DHT and averager
+        # processes, the p2p daemon): gone with it, never orphans that keep ports and look alive to the swarm.
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def start_service(name: str, args: list[str], *, workdir: str | os.PathLike, log_to_file: bool = True,
@@ -87,7 +103,16 @@ def start_service(name: str, args: list[str], *, workdir: str | os.PathLike, log
     stdout = open(log_path, "ab") if log_path else None
     popen = subprocess.Popen([sys.executable, "-m", "swarm", *args, "--ready-file", str(ready_file)],
                              stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
-                             env={**os.environ, **(env or {})})
+                             env={**os.environ, **(env or {})}, start_new_session=True)
     if stdout:
         stdout.close()
-    return ServiceProcess(name=name, popen=popen, ready_file=ready_file, log_path=log_path)
+    return ServiceProcess(name=name, popen=popen, ready_file=ready_file, log_path=log_path, args=list(args),
+                          env=dict(env or {}))
+
+
+def restart_service(proc: ServiceProcess) -> ServiceProcess:
+    """The same command again (same flags, so the same ports and files), e.g. after a crash or a SIGKILL."""
+    if proc.popen.poll() is None:
+        raise RuntimeError(f"{proc.name} is still running (pid {proc.popen.pid}); stop it first")
+    return start_service(proc.name, proc.args, workdir=proc.ready_file.parent, log_to_file=proc.log_path is not None,
+                         env=proc.env)

@@ -1,0 +1,81 @@
+"""Chaos with real trainers: SIGKILL a trainer mid-chunk and the coordinator mid-run, restart both, and audit.
+
+The swarm is the demo's (host services and two trainers as separate processes on loopback, tiny model, real
+images). A killed process gets no chance to release or report anything, as when a machine dies: its leases must
+expire back into the queue, nothing acknowledged may be lost, nothing may count twice, and the run must still end
+with every chunk trained exactly max_data_epochs times and both peers holding the same parameters.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swarm.demo import (DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer,
+                        wait_for_trainers)
+from swarm.procs import restart_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+LEASE_TTL = 8.0  # short, so the killed trainer's chunks come back quickly
+
+
+def _wait(condition, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_run_survives_sigkill_of_a_trainer_and_the_coordinator(tmp_path):
+    from swarm_coordinator.audit import audit_chunks
+    from swarm_coordinator.tokens import create_token
+
+    run_config = {**DEMO_CONFIG, "max_data_epochs": 3}
+    config_path, index, objects, n_images = prepare_demo_data(tmp_path, run_config)
+    host = start_demo_host(tmp_path, config_path, index, objects, lease_ttl=LEASE_TTL, peer_ttl=6)
+    db_path = str(host.workdir / "coordinator.sqlite")
+    peers = []
+    try:
+        token = create_token(db_path, name="chaos")
+        peers = [start_demo_trainer(tmp_path, i, coordinator=host.coordinator_address, token=token)
+                 for i in range(2)]
+
+        def progress():
+            return coordinator_progress(host.coordinator_address, token)
+
+        # Mid-run: some samples done, chunks leased (trainers hold the chunk they train and the one they prefetch).
+        _wait(lambda: (p := progress()) is not None and p.samples_done >= 12 and p.chunks_leased > 0,
+              timeout=240, what="the swarm to be training")
+        peers[1].crash()
+        peers[1] = restart_service(peers[1])  # same output dir: same identity key, so the same peer id
+        host.coordinator.crash()
+        host.coordinator = restart_service(host.coordinator)
+        host.coordinator.wait_ready(timeout=60)
+
+        wait_for_trainers(peers, host.coordinator_address, token, total=n_images * 3, timeout=420)
+        final = progress()
+    finally:
+        for peer in peers:
+            peer.stop(timeout=60)
+        host.stop()
+
+    audit = audit_chunks(db_path)
+    assert audit["lost"] == 0 and audit["double_counted"] == 0 and audit["double_leased"] == 0, audit
+    assert audit["times_trained"] == {3: audit["chunks"]}, audit
+    assert final.run_complete and final.samples_done == audit["samples"] * 3
+    # The killed trainer's leases were never reported: they expired (or were superseded) instead of counting.
+    assert audit["leases"].get("done") == audit["chunks"] * 3, audit
+
+    summaries = [json.loads((tmp_path / f"trainer-{i}" / "summary.json").read_text()) for i in range(2)]
+    assert summaries[0]["peer_id"] != summaries[1]["peer_id"]
+    assert summaries[0]["global_epoch"] == summaries[1]["global_epoch"] > 0
+    first, second = (load_file(f"{s['checkpoint']}/unet/diffusion_pytorch_model.safetensors") for s in summaries)
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], atol=1e-5, rtol=1e-4, msg=f"{name} differs")
