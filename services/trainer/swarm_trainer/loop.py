@@ -169,6 +169,11 @@ class PeerRun:
                 self.leases.invalidate(state.lease_id)
         if engine is not None and response.lr_total_steps > 0:
             engine.lr_total_steps = int(response.lr_total_steps)
+        if self.config_version is not None and response.config_version > self.config_version:
+            try:
+                self.refresh_config()
+            except Exception as e:  # noqa: BLE001 - the next heartbeat or lease tries again
+                logger.warning(f"could not fetch run config version {response.config_version}: {e!r}")
         self.last_heartbeat = response
         return response
 

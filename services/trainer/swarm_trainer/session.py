@@ -98,6 +98,10 @@ def _lease_source(run):
                 run.refresh_config()
                 continue
             raise
+        if response.config_version > run.config_version:
+            # Older versions stay leasable, so a newer one shows only here (and in heartbeats): fetch it now; the
+            # training loop applies it at the next chunk boundary.
+            run.refresh_config()
         if response.leases:
             for lease in response.leases:
                 run.leases.add(lease)
