@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from swarm.logs import get_logger
-from swarm.procs import ServiceProcess, start_service
+from swarm.procs import ServiceProcess, interrupt_on_sigterm, start_service
 
 logger = get_logger(__name__)
 
@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--trainers must be between 1 and 8 on one machine, got {args.trainers}")
     if args.data_epochs < 1:
         raise UsageError(f"--data-epochs must be >= 1, got {args.data_epochs}")
+    interrupt_on_sigterm()
     summary = run_demo(args.workdir, trainers=args.trainers, config={"max_data_epochs": args.data_epochs})
     print(f"\nDemo finished in {summary['wall_time_s']:.0f} s: {summary['peers']} peers trained "
           f"{summary['samples_trained']} samples over {summary['global_epochs']} global epochs; "

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarm.logs import get_logger
-from swarm.procs import ServiceProcess, free_port, start_service, write_ready_file
+from swarm.procs import ServiceProcess, free_port, interrupt_on_sigterm, start_service, write_ready_file
 
 logger = get_logger(__name__)
 
@@ -142,28 +141,39 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if args.config and not Path(args.config).is_file():
         raise UsageError(f"--config {args.config} does not exist")
-    host = start_host(args.data_dir, config_path=args.config, run_id=args.run_id, index_path=args.index,
-                      storage=args.storage, s3_endpoint_url=args.s3_endpoint_url, bind_host=args.bind_host,
-                      public_host=args.public_host, coordinator_port=args.coordinator_port,
-                      dataset_port=args.dataset_port, dht_port=args.dht_port,
-                      dht_announce_maddrs=args.dht_announce_maddrs)
+    index = args.index or str(Path(args.data_dir) / "dataset.sqlite")
+    interrupt_on_sigterm()
+    if not Path(index).is_file():
+        raise UsageError(f"no dataset index at {index}: ingest your images first with "
+                         f"`swarm ingest SOURCE --index {index}{' --config ' + args.config if args.config else ''}`")
+    try:
+        host = start_host(args.data_dir, config_path=args.config, run_id=args.run_id, index_path=index,
+                          storage=args.storage, s3_endpoint_url=args.s3_endpoint_url, bind_host=args.bind_host,
+                          public_host=args.public_host, coordinator_port=args.coordinator_port,
+                          dataset_port=args.dataset_port, dht_port=args.dht_port,
+                          dht_announce_maddrs=args.dht_announce_maddrs)
+    except (RuntimeError, TimeoutError) as e:  # a service that would not start says why in its log tail
+        logger.error(f"the host services did not start: {e}")
+        return 1
+    except KeyboardInterrupt:  # start_host already stopped whatever it had started
+        return 0
     write_ready_file(args.ready_file, coordinator=host.coordinator_address, dataset=host.dataset_address,
                      bootstrap_maddrs=host.bootstrap_maddrs, metrics_ports=host.metrics_ports())
     print(f"swarm host is up.\n  coordinator: {host.coordinator_address}\n  dataset:     {host.dataset_address}\n"
           f"  bootstrap:   {' '.join(host.bootstrap_maddrs)}\n"
           f"Create a join token:  swarm token create --db {host.workdir / 'coordinator.sqlite'} --name NAME\n"
-          f"Peers join with:      swarm train --coordinator {args.public_host or 'HOST'}:{args.coordinator_port} "
+          f"Peers join with:      swarm train --coordinator "
+          f"{args.public_host or 'HOST'}:{host.coordinator_address.rpartition(':')[2]} "
           f"--token TOKEN", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        while not stop.is_set():
+        while True:
             dead = [p.name for p in host.processes if p.popen.poll() is not None]
             if dead:
                 logger.error(f"{', '.join(dead)} exited; stopping the host (see {host.workdir / 'logs'})")
                 return 1
-            stop.wait(1.0)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        logger.info("stopping the host services")
+        return 0
     finally:
         host.stop()
-    return 0

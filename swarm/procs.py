@@ -31,6 +31,15 @@ def write_ready_file(path: str | os.PathLike | None, **info: Any) -> None:
     os.replace(tmp, path)
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt) in a parent of services: its `finally` blocks then stop
+    the children, which run in sessions of their own and would otherwise outlive it."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def free_port() -> int:
     """A TCP port free right now on loopback (for services that must know each other's port before binding)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
