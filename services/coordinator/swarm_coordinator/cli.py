@@ -145,6 +145,27 @@ def run_coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int64_strings_to_ints(message, data):
+    """MessageToDict writes int64 fields as strings; turn them back into numbers, recursing into messages."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    int64_types = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                   FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in data:
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            values = getattr(message, field.name)
+            if field.is_repeated:
+                data[field.name] = [_int64_strings_to_ints(v, d) for v, d in zip(values, data[field.name])]
+            else:
+                data[field.name] = _int64_strings_to_ints(values, data[field.name])
+        elif field.type in int64_types:
+            value = data[field.name]
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+    return data
+
+
 def _valid_address(address: str) -> bool:
     host, sep, port = address.rpartition(":")
     return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
@@ -243,7 +264,9 @@ def run_status(args: argparse.Namespace) -> int:
     except grpc.RpcError as e:
         raise UsageError(describe_rpc_error(e, args.coordinator)) from None
     if args.json:
-        print(json.dumps(MessageToDict(progress, preserving_proto_field_name=True), indent=2))
+        # Every field, zeros included, and int64 counters as JSON numbers (proto3 JSON would make them strings).
+        data = MessageToDict(progress, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        print(json.dumps(_int64_strings_to_ints(progress, data), indent=2))
     else:
         print(format_progress(progress))
     return 0

@@ -1,0 +1,55 @@
+"""`swarm host` as a user runs it: refuses to start without a dataset, serves once one is ingested, and SIGTERM
+stops every service it started."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from swarm.procs import start_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes):
+    from swarm_coordinator.tokens import create_token
+    from swarm_dataset.demo_images import write_demo_folder
+
+    data_dir = tmp_path / "data"
+    refused = subprocess.run([sys.executable, "-m", "swarm", "host", "--data-dir", str(data_dir)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "no dataset index" in refused.stderr and "swarm ingest" in refused.stderr
+
+    write_demo_folder(tmp_path / "images")
+    subprocess.run([sys.executable, "-m", "swarm", "ingest", str(tmp_path / "images"), "--index",
+                    str(data_dir / "dataset.sqlite"), "--no-progress"], check=True, capture_output=True, timeout=300)
+    host = start_service("host", ["host", "--data-dir", str(data_dir), "--bind-host", "127.0.0.1",
+                                  "--coordinator-port", "0", "--dataset-port", "0", "--dht-port", "0"],
+                         workdir=tmp_path)
+    processes.append(host)
+    info = host.wait_ready(timeout=120)
+    token = create_token(str(data_dir / "coordinator.sqlite"), name="status")
+    status = subprocess.run([sys.executable, "-m", "swarm", "status", "--coordinator", info["coordinator"],
+                             "--token", token, "--json"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    progress = json.loads(status.stdout)
+    # Zeros are printed, and int64 counters are numbers, not proto3-JSON strings.
+    assert progress["peers_alive"] == 0 and progress["samples_done"] == 0
+    assert progress["samples_total"] == 28 and progress["max_data_epochs"] == 10
+
+    children = [json.loads((data_dir / "logs" / f"{name}.ready.json").read_text())["pid"]
+                for name in ("bootstrap-dht", "coordinator", "dataset")]
+    assert all(_alive(pid) for pid in children)
+    assert host.stop(timeout=60) == 0
+    assert not any(_alive(pid) for pid in children)
