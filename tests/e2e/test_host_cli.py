@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -40,13 +41,18 @@ def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes)
     processes.append(host)
     info = host.wait_ready(timeout=120)
     token = create_token(str(data_dir / "coordinator.sqlite"), name="status")
-    status = subprocess.run([sys.executable, "-m", "swarm", "status", "--coordinator", info["coordinator"],
-                             "--token", token, "--json"], capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0, status.stderr
-    progress = json.loads(status.stdout)
+    def status() -> dict:
+        result = subprocess.run([sys.executable, "-m", "swarm", "status", "--coordinator", info["coordinator"],
+                                 "--token", token, "--json"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    deadline = time.monotonic() + 60
+    while (progress := status())["samples_total"] != 28 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the coordinator syncs the dataset index in the background
     # Zeros are printed, and int64 counters are numbers, not proto3-JSON strings.
-    assert progress["peers_alive"] == 0 and progress["samples_done"] == 0
     assert progress["samples_total"] == 28 and progress["max_data_epochs"] == 10
+    assert progress["peers_alive"] == 0 and progress["samples_done"] == 0
 
     children = [json.loads((data_dir / "logs" / f"{name}.ready.json").read_text())["pid"]
                 for name in ("bootstrap-dht", "coordinator", "dataset")]
