@@ -8,7 +8,6 @@ with every chunk trained exactly max_data_epochs times and both peers holding th
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -17,20 +16,12 @@ from safetensors.torch import load_file
 from swarm.demo import (DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer,
                         wait_for_trainers)
 from swarm.procs import restart_service
+from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 LEASE_TTL = 8.0  # short, so the killed trainer's chunks come back quickly
 
-
-def _wait(condition, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_run_survives_sigkill_of_a_trainer_and_the_coordinator(tmp_path):
@@ -51,7 +42,7 @@ def test_run_survives_sigkill_of_a_trainer_and_the_coordinator(tmp_path):
             return coordinator_progress(host.coordinator_address, token)
 
         # Mid-run: some samples done, chunks leased (trainers hold the chunk they train and the one they prefetch).
-        _wait(lambda: (p := progress()) is not None and p.samples_done >= 12 and p.chunks_leased > 0,
+        wait_until(lambda: (p := progress()) is not None and p.samples_done >= 12 and p.chunks_leased > 0,
               timeout=240, what="the swarm to be training")
         peers[1].crash()
         peers[1] = restart_service(peers[1])  # same output dir: same identity key, so the same peer id

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 
 from swarm.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
 from swarm.procs import restart_service
+from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
-
-def _wait(condition, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_sigterm_releases_leases_saves_and_the_restart_resumes(tmp_path):
@@ -38,7 +29,7 @@ def test_sigterm_releases_leases_saves_and_the_restart_resumes(tmp_path):
             return coordinator_progress(host.coordinator_address, token)
 
         trainer = start_demo_trainer(tmp_path, 0, coordinator=host.coordinator_address, token=token)
-        _wait(lambda: (p := progress()) is not None and p.samples_done >= 8 and p.chunks_leased > 0, timeout=240,
+        wait_until(lambda: (p := progress()) is not None and p.samples_done >= 8 and p.chunks_leased > 0, timeout=240,
               what="the trainer to hold leases mid-run")
         assert trainer.stop(timeout=120, sig=signal.SIGTERM) == 0
         after_stop = progress()
@@ -48,7 +39,7 @@ def test_sigterm_releases_leases_saves_and_the_restart_resumes(tmp_path):
         assert summary["checkpoint"] and (tmp_path / "trainer-0" / "checkpoints").is_dir()
 
         trainer = restart_service(trainer)
-        _wait(lambda: progress().samples_done >= after_stop.samples_done + 8, timeout=240,
+        wait_until(lambda: progress().samples_done >= after_stop.samples_done + 8, timeout=240,
               what="the restarted trainer to train again")
         log = trainer.log_path.read_text()
         assert "resumed weights from" in log

@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from swarm.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
+from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
-
-def _wait(condition, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _config_set(db_path: str, *assignments: str) -> None:
@@ -54,12 +45,12 @@ def test_lr_change_applies_live_and_a_seed_change_stops_the_trainer_cleanly(tmp_
         token = create_token(db_path, name="live-config")
         trainer = start_demo_trainer(tmp_path, 0, coordinator=host.coordinator_address, token=token)
         metrics_port = trainer.wait_ready(timeout=240)["metrics_port"]
-        _wait(lambda: (p := coordinator_progress(host.coordinator_address, token)) is not None
+        wait_until(lambda: (p := coordinator_progress(host.coordinator_address, token)) is not None
               and p.samples_done >= 8, timeout=240, what="training to start")
         assert _trainer_lr(metrics_port) == pytest.approx(DEMO_CONFIG["lr"])
 
         _config_set(db_path, "lr=0.0005")
-        _wait(lambda: _trainer_lr(metrics_port) == pytest.approx(0.0005), timeout=120,
+        wait_until(lambda: _trainer_lr(metrics_port) == pytest.approx(0.0005), timeout=120,
               what="the trainer to train with the new LR")
         assert trainer.popen.poll() is None
         assert "applied run config version 2" in trainer.log_path.read_text()
