@@ -163,10 +163,7 @@ def wait_for_trainers(peers: list[ServiceProcess], coordinator: str, token: str,
     deadline = time.monotonic() + timeout
     with tqdm(total=total, unit="sample", desc="swarm", disable=not show_progress, file=sys.stderr) as bar:
         while any(p.popen.poll() is None for p in peers):
-            failed = [p for p in peers if p.popen.poll() not in (None, 0)]
-            if failed:
-                raise RuntimeError(f"{failed[0].name} exited with code {failed[0].popen.returncode}"
-                                   + failed[0]._log_tail())
+            _raise_if_one_failed(peers)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the swarm did not finish in {timeout:.0f} s; logs in {peers[0].log_path.parent}")
             progress = coordinator_progress(coordinator, token)
@@ -176,9 +173,14 @@ def wait_for_trainers(peers: list[ServiceProcess], coordinator: str, token: str,
                                 peers=progress.peers_alive, leased=progress.chunks_leased, refresh=False)
                 bar.refresh()
             time.sleep(1.0)
-    failed = [p for p in peers if p.popen.returncode != 0]
-    if failed:
-        raise RuntimeError(f"{failed[0].name} exited with code {failed[0].popen.returncode}" + failed[0]._log_tail())
+    _raise_if_one_failed(peers)
+
+
+def _raise_if_one_failed(peers: list[ServiceProcess]) -> None:
+    """A trainer that exited non-zero ends the run, with the tail of its log in the error."""
+    for peer in peers:
+        if peer.popen.poll() not in (None, 0):
+            raise RuntimeError(f"{peer.name} exited with code {peer.popen.returncode}" + peer.log_tail())
 
 
 def register(subparsers) -> None:

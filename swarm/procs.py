@@ -65,11 +65,11 @@ class ServiceProcess:
                 return self.info
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with code {self.popen.returncode} before it was ready"
-                                   + self._log_tail())
+                                   + self.log_tail())
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} was not ready after {timeout:.0f} s" + self._log_tail())
+        raise TimeoutError(f"{self.name} was not ready after {timeout:.0f} s" + self.log_tail())
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
             return "\n--- last lines of its log ---\n" + "\n".join(self.log_path.read_text().splitlines()[-30:])
         return ""

@@ -72,7 +72,7 @@ def make_server(*, max_workers: int = 16, interceptors: Iterable[grpc.ServerInte
 
 def bind(server: grpc.Server, address: str) -> str:
     """Bind `host:port` (port 0 picks a free one) and return the address actually bound."""
-    host, _, port = address.rpartition(":")
+    host = address.rpartition(":")[0]
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not listen on {address}: is the port in use?")
