@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from swarm import __version__
-from swarm.runconfig import ConfigError
+from swarm.errors import ConfigError, UsageError
 
 # Modules whose `register(subparsers)` adds subcommands; order is the order shown in --help.
 COMMAND_MODULES = (
@@ -20,10 +20,6 @@ COMMAND_MODULES = (
     "swarm.host",
     "swarm.demo",
 )
-
-
-class UsageError(Exception):
-    """Bad user input found after argument parsing; the message says what to fix."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,12 +14,10 @@ from typing import Any
 
 import yaml
 
+from swarm.errors import ConfigError
+
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class ConfigError(ValueError):
-    """A run config that cannot be used; the message says which key is wrong and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +71,19 @@ RESTART_KEYS = frozenset({"model", "train_text_encoder", "use_ema", "seed", "chu
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
+def yaml_float(value: Any) -> Any:
+    """A string that reads as a number becomes that float; anything else comes back unchanged.
+
+    YAML 1.1 (PyYAML) reads `1e-4` (no dot) as a string; every SD trainer's config writes learning rates that way.
+    """
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _check_type(key: str, value: Any, expected: Any) -> Any:
     if expected == "bool" or expected is bool:
         if not isinstance(value, bool):
@@ -85,12 +96,7 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
         return value
     if expected == "float" or expected is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string; every SD trainer's config writes learning rates that way.
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        value = yaml_float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         if not math.isfinite(value):
