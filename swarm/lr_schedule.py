@@ -8,6 +8,10 @@ starts at the LR of the epoch it joins in.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the schedule needs nothing from runconfig at run time
+    from swarm.runconfig import RunConfig
 
 
 def lr_at_epoch(epoch: int, *, base_lr: float, scheduler: str = "constant", warmup_steps: int = 0,
@@ -30,6 +34,16 @@ def lr_at_epoch(epoch: int, *, base_lr: float, scheduler: str = "constant", warm
     if scheduler == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown lr_scheduler {scheduler!r}; use constant, linear or cosine")
+
+
+def lr_for(config: RunConfig, *, epoch: int, total_steps: int) -> float:
+    """THE LR of a run at global epoch `epoch`: the coordinator (status, heartbeats) and every trainer call this.
+
+    `total_steps` is the decay span in global epochs: the config's lr_total_steps when set, else derived from the
+    dataset size by the coordinator (see total_steps_for), which tells the trainers in its heartbeat answers.
+    """
+    return lr_at_epoch(epoch, base_lr=config.lr, scheduler=config.lr_scheduler, warmup_steps=config.lr_warmup_steps,
+                       total_steps=total_steps)
 
 
 def total_steps_for(*, total_samples: int, max_data_epochs: int, target_batch_size: int) -> int:

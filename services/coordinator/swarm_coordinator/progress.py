@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swarm.lr_schedule import lr_at_epoch, total_steps_for
+from swarm.lr_schedule import lr_for, total_steps_for
 from swarm.runconfig import RunConfig
 from swarm_coordinator.peers import PeerRecord
 
@@ -23,9 +23,7 @@ def lr_total_steps(config: RunConfig, *, samples_total: int) -> int:
 
 def current_lr(config: RunConfig, *, epoch: int, samples_total: int) -> float:
     """The LR every peer uses at global epoch `epoch`: a late joiner starts at exactly this value."""
-    return lr_at_epoch(max(0, epoch), base_lr=config.lr, scheduler=config.lr_scheduler,
-                       warmup_steps=config.lr_warmup_steps,
-                       total_steps=lr_total_steps(config, samples_total=samples_total))
+    return lr_for(config, epoch=max(0, epoch), total_steps=lr_total_steps(config, samples_total=samples_total))
 
 
 @dataclass(frozen=True)
