@@ -197,7 +197,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
 
     if not 1 <= args.trainers <= 8:
         raise UsageError(f"--trainers must be between 1 and 8 on one machine, got {args.trainers}")

@@ -134,7 +134,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
 
     for name in ("coordinator_port", "dataset_port", "dht_port"):
         if not 0 <= getattr(args, name) <= 65535:

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
 
     identity = Path(args.identity_path)
     if identity.is_dir():

@@ -117,7 +117,7 @@ def register(subparsers) -> None:
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
     from swarm.runconfig import validate_run_id
     from swarm_coordinator.server import serve
     from swarm_coordinator.store import DatabaseInUse
@@ -173,7 +173,7 @@ def _valid_address(address: str) -> bool:
 
 def _existing_db(path: str) -> str:
     """Admin commands act on the coordinator's database; a mistyped path must not quietly create a new, unused one."""
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
 
     if not os.path.isfile(path):
         raise UsageError(f"no coordinator database at {path}: pass the --db the coordinator uses "
@@ -253,7 +253,7 @@ def run_status(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
     from swarm_coordinator.status import describe_rpc_error, fetch_progress, format_progress
 
     if not _valid_address(args.coordinator):

@@ -120,7 +120,7 @@ def _bucket_params(args, recorded=None):
 def _run_ingest(args) -> int:
     from pathlib import Path
 
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
     from swarm_dataset.index import Index
     from swarm_dataset.ingest import IngestOptions, ingest
     from swarm_dataset.pairing import DEFAULT_CAPTION_FIELDS, CaptionOptions
@@ -163,7 +163,7 @@ def _run_ingest(args) -> int:
 
 
 def _run_serve(args) -> int:
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
     from swarm_dataset.server import serve
     from swarm_dataset.storage import StorageError
 
@@ -177,7 +177,7 @@ def _run_serve(args) -> int:
 
 
 def _run_stats(args) -> int:
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
     from swarm_dataset.index import Index
 
     try:

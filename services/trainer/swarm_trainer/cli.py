@@ -127,7 +127,7 @@ def options_from_args(args):
     """argparse namespace -> TrainerOptions (validated); separate so tests can build options like the CLI does."""
     import socket
 
-    from swarm.cli import UsageError
+    from swarm.errors import UsageError
     from swarm_trainer.features import PeerFeatures
     from swarm_trainer.loop import TrainerOptions
     from swarm_trainer.swarm import SwarmOptions

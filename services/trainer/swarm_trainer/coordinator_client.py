@@ -12,7 +12,7 @@ from typing import Sequence
 import grpc
 
 from swarm import rpc
-from swarm.cli import UsageError
+from swarm.errors import UsageError
 from swarm.logs import get_logger
 from swarm.v1 import coordinator_pb2 as pb
 from swarm.v1 import coordinator_pb2_grpc
