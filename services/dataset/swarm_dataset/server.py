@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import threading
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from swarm import rpc
 from swarm.logs import get_logger
 from swarm.metrics import MetricsServer
 from swarm.procs import write_ready_file
+from swarm.shutdown import stop_event_on_signals
 from swarm.v1 import dataset_pb2, dataset_pb2_grpc
 from swarm_dataset import imaging
 from swarm_dataset.index import Index, SampleInfo
@@ -272,10 +272,7 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
 def serve(*, ready_file: str | None = None, stop_event: threading.Event | None = None, **kwargs) -> int:
     """Serve until SIGTERM/SIGINT (or `stop_event`); the CLI's entry point. kwargs are `start_server`'s."""
     running = start_server(**kwargs)
-    stop_event = stop_event or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop_event.set())
+    stop_event = stop_event_on_signals(stop_event, doing="stopping the dataset service")
     write_ready_file(ready_file, grpc_address=running.address, metrics_port=running.metrics_port)
     try:
         stop_event.wait()
