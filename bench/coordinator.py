@@ -1,7 +1,7 @@
 """Benchmark: a thousand simulated peers leasing, heartbeating and reporting against a real coordinator process.
 
 `make bench NAME=coordinator` (or `python -m bench.coordinator --peers 2000 ...`). The coordinator runs as its own
-process (`python -m swarm coordinator` on 127.0.0.1, port 0) on a database seeded with chunks. A few client
+process (`python -m swarm_launcher coordinator` on 127.0.0.1, port 0) on a database seeded with chunks. A few client
 processes each multiplex their share of the peers over one gRPC channel with futures: every peer registers, then
 cycles lease -> heartbeat -> report (now and then a release, or a duplicate report) for a fixed time, with a bounded
 number of calls in flight per client process (the peers' think time: real peers call every few seconds, not all at
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS), help="result JSON (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from swarm.procs import start_service
+    from swarm_launcher.processes import start_service
     from swarm_coordinator.audit import audit_chunks
     from swarm_coordinator.tokens import create_token
 

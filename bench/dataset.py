@@ -57,7 +57,7 @@ def make_images(count: int, *, seed: int = 0) -> list[tuple[str, bytes, str]]:
     """Photo-like JPEGs (crops of scikit-image's photographs) of 0.6-2.4 MP with varied aspect ratios."""
     from PIL import Image
 
-    from swarm_dataset.demo_images import DEMO_IMAGES, skimage_data_dir
+    from swarm_launcher.demo_images import DEMO_IMAGES, skimage_data_dir
 
     rng = random.Random(seed)
     data_dir = skimage_data_dir()
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from botocore.config import Config
 
     from swarm import rpc
-    from swarm.procs import start_service
+    from swarm_launcher.processes import start_service
     from swarm_dataset.client import iter_chunk_messages
     from swarm_dataset.index import Index
     from swarm_dataset.ingest import IngestOptions, ingest

@@ -1,24 +1,16 @@
-"""Starting services as child processes and knowing when they are ready.
+"""Ready files: how a service tells whoever started it that it serves, and on which addresses and ports.
 
 Every long-running command takes `--ready-file PATH`: once it serves, it writes a JSON object there (its bound
-addresses, ports, multiaddrs). Port 0 works everywhere, so tests and the demo never race for fixed ports.
+addresses, ports, multiaddrs). Port 0 works everywhere, so tests and the demo never race for fixed ports. Starting and
+stopping the processes is the launcher's half (`swarm_launcher.processes`).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from swarm.logs import get_logger
-
-logger = get_logger(__name__)
 
 
 def write_ready_file(path: str | os.PathLike | None, **info: Any) -> None:
@@ -31,97 +23,8 @@ def write_ready_file(path: str | os.PathLike | None, **info: Any) -> None:
     os.replace(tmp, path)
 
 
-def interrupt_on_sigterm() -> None:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt) in a parent of services: its `finally` blocks then stop
-    the children, which run in sessions of their own and would otherwise outlive it."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def free_port() -> int:
     """A TCP port free right now on loopback (for services that must know each other's port before binding)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    popen: subprocess.Popen
-    ready_file: Path
-    log_path: Path | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def wait_ready(self, *, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready_file.exists():
-                self.info = json.loads(self.ready_file.read_text())
-                return self.info
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.popen.returncode} before it was ready"
-                                   + self.log_tail())
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} was not ready after {timeout:.0f} s" + self.log_tail())
-
-    def log_tail(self) -> str:
-        if self.log_path and self.log_path.exists():
-            return "\n--- last lines of its log ---\n" + "\n".join(self.log_path.read_text().splitlines()[-30:])
-        return ""
-
-    def stop(self, *, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
-        """Ask politely (SIGTERM lets trainers release leases and save), then kill; leave no child behind."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning(f"{self.name} did not stop in {timeout:.0f} s; killing it")
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-        self._kill_group()
-        return self.popen.returncode
-
-    def crash(self) -> None:
-        """SIGKILL the whole process group at once, as a machine dying would: no handler runs, nothing is saved."""
-        self._kill_group()
-        self.popen.wait(timeout=10)
-
-    def _kill_group(self) -> None:
-        # Each service runs in its own session, so its group holds what it forked (hivemind's DHT and averager
-        # processes, the p2p daemon): gone with it, never orphans that keep ports and look alive to the swarm.
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def start_service(name: str, args: list[str], *, workdir: str | os.PathLike, log_to_file: bool = True,
-                  env: dict[str, str] | None = None) -> ServiceProcess:
-    """Run `python -m swarm <args> --ready-file <workdir>/<name>.ready.json` as a child process."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready_file = workdir / f"{name}.ready.json"
-    ready_file.unlink(missing_ok=True)
-    log_path = workdir / f"{name}.log" if log_to_file else None
-    stdout = open(log_path, "ab") if log_path else None
-    popen = subprocess.Popen([sys.executable, "-m", "swarm", *args, "--ready-file", str(ready_file)],
-                             stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
-                             env={**os.environ, **(env or {})}, start_new_session=True)
-    if stdout:
-        stdout.close()
-    return ServiceProcess(name=name, popen=popen, ready_file=ready_file, log_path=log_path, args=list(args),
-                          env=dict(env or {}))
-
-
-def restart_service(proc: ServiceProcess) -> ServiceProcess:
-    """The same command again (same flags, so the same ports and files), e.g. after a crash or a SIGKILL."""
-    if proc.popen.poll() is None:
-        raise RuntimeError(f"{proc.name} is still running (pid {proc.popen.pid}); stop it first")
-    return start_service(proc.name, proc.args, workdir=proc.ready_file.parent, log_to_file=proc.log_path is not None,
-                         env=proc.env)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from swarm.procs import ServiceProcess
+from swarm_launcher.processes import ServiceProcess
 
 
 @pytest.fixture

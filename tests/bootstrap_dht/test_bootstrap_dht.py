@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.procs import start_service
+from swarm_launcher.processes import start_service
 
 KEY = Path(__file__).parent.parent / "data" / "bootstrap.key"
 # The peer ID that tests/data/bootstrap.key encodes: a committed key gives a deterministic peer ID.
@@ -62,7 +62,7 @@ def test_new_identity_is_created_and_kept(tmp_path, processes):
 def test_directory_as_identity_path_is_refused(tmp_path):
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "swarm", "bootstrap-dht", "--identity-path", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "swarm_launcher", "bootstrap-dht", "--identity-path", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "is a directory" in out.stderr

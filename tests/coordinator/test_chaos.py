@@ -1,6 +1,6 @@
 """Chaos: SIGKILL the coordinator (twice) and a peer mid-chunk while peers lease and report, restart them; audit.
 
-Real processes: `python -m swarm coordinator` on a fixed loopback port (a restarted coordinator keeps its address,
+Real processes: `python -m swarm_launcher coordinator` on a fixed loopback port (a restarted coordinator keeps its address,
 as in production), peers as threads with real gRPC clients plus one peer process that is killed holding leases.
 Whatever dies when: every chunk ends trained exactly max_data_epochs times, every report a peer saw COUNTED is in
 the database once, a lease granted before a kill is still honoured after the restart, and the killed peer's chunks
@@ -19,7 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from swarm.procs import ServiceProcess, free_port, start_service
+from swarm.procs import free_port
+from swarm_launcher.processes import ServiceProcess, start_service
 from swarm.rpc import channel, token_metadata
 from swarm.runconfig import RunConfig
 from swarm.v1 import coordinator_pb2 as pb

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarm.cli import main
+from swarm_launcher.cli import main
 from swarm_coordinator.tokens import TokenChecker, create_token, hash_token, list_tokens
 
 pytestmark = pytest.mark.timeout(60)

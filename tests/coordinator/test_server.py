@@ -187,7 +187,7 @@ def test_metrics_and_status_output(coordinator, capsys):
                  "swarm_coordinator_lr 0.0001", "swarm_coordinator_swarm_epoch 0.0"):
         assert line in text, line
 
-    from swarm.cli import main
+    from swarm_launcher.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["status", "--coordinator", server.address, "--token", client.token])

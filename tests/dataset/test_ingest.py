@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swarm.cli import main as swarm_main
+from swarm_launcher.cli import main as swarm_main
 from swarm_dataset.buckets import BucketParams
 from swarm_dataset.index import Index, SampleRow
 from swarm_dataset.ingest import IngestOptions, ingest

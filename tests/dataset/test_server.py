@@ -248,7 +248,7 @@ def test_serving_continues_while_an_ingest_writes(dataset_server, small_dataset,
                                           (["--metrics-port", "70000"], "metrics port"),
                                           (["--index", "/nonexistent/x.sqlite"], "swarm ingest")])
 def test_serve_refuses_bad_flags(small_dataset, capsys, flags, words):
-    from swarm.cli import main as swarm_main
+    from swarm_launcher.cli import main as swarm_main
 
     with pytest.raises(SystemExit) as exit_info:
         swarm_main(["dataset", "serve", "--index", small_dataset["index_path"], "--listen", "127.0.0.1:0", *flags])
@@ -257,7 +257,7 @@ def test_serve_refuses_bad_flags(small_dataset, capsys, flags, words):
 
 def test_serve_command_ready_file_and_sigterm(small_dataset, tmp_path):
     ready = tmp_path / "dataset.ready.json"
-    proc = subprocess.Popen([sys.executable, "-m", "swarm", "dataset", "serve", "--listen", "127.0.0.1:0",
+    proc = subprocess.Popen([sys.executable, "-m", "swarm_launcher", "dataset", "serve", "--listen", "127.0.0.1:0",
                              "--index", small_dataset["index_path"], "--metrics-port", "0",
                              "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from swarm.cli import build_parser
+from swarm_launcher.cli import build_parser
 from tests.deploy.dashboards import REPO
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.cli import build_parser
+from swarm_launcher.cli import build_parser
 from tests.deploy.dashboards import REPO
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from swarm.demo import run_demo
+from swarm_launcher.demo import run_demo
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from swarm.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
-from swarm.procs import restart_service
+from swarm_launcher.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
+from swarm_launcher.processes import restart_service
 from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from swarm.procs import start_service
+from swarm_launcher.processes import start_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -25,15 +25,15 @@ def _alive(pid: int) -> bool:
 
 def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes):
     from swarm_coordinator.tokens import create_token
-    from swarm_dataset.demo_images import write_demo_folder
+    from swarm_launcher.demo_images import write_demo_folder
 
     data_dir = tmp_path / "data"
-    refused = subprocess.run([sys.executable, "-m", "swarm", "host", "--data-dir", str(data_dir)],
+    refused = subprocess.run([sys.executable, "-m", "swarm_launcher", "host", "--data-dir", str(data_dir)],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "no dataset index" in refused.stderr and "swarm ingest" in refused.stderr
 
     write_demo_folder(tmp_path / "images")
-    subprocess.run([sys.executable, "-m", "swarm", "ingest", str(tmp_path / "images"), "--index",
+    subprocess.run([sys.executable, "-m", "swarm_launcher", "ingest", str(tmp_path / "images"), "--index",
                     str(data_dir / "dataset.sqlite"), "--no-progress"], check=True, capture_output=True, timeout=300)
     host = start_service("host", ["host", "--data-dir", str(data_dir), "--bind-host", "127.0.0.1",
                                   "--coordinator-port", "0", "--dataset-port", "0", "--dht-port", "0"],
@@ -42,7 +42,7 @@ def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes)
     info = host.wait_ready(timeout=120)
     token = create_token(str(data_dir / "coordinator.sqlite"), name="status")
     def status() -> dict:
-        result = subprocess.run([sys.executable, "-m", "swarm", "status", "--coordinator", info["coordinator"],
+        result = subprocess.run([sys.executable, "-m", "swarm_launcher", "status", "--coordinator", info["coordinator"],
                                  "--token", token, "--json"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from swarm.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
+from swarm_launcher.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
 from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
 def _config_set(db_path: str, *assignments: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "swarm", "config", "set", "--db", db_path, *assignments],
+    result = subprocess.run([sys.executable, "-m", "swarm_launcher", "config", "set", "--db", db_path, *assignments],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from swarm.cli import UsageError, build_parser
+from swarm_launcher.cli import UsageError, build_parser
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +59,7 @@ def test_missing_token_and_bad_values_are_refused(monkeypatch):
 
 
 def test_no_token_exits_2_with_a_message():
-    result = subprocess.run([sys.executable, "-m", "swarm", "train", "--coordinator", "127.0.0.1:1"],
+    result = subprocess.run([sys.executable, "-m", "swarm_launcher", "train", "--coordinator", "127.0.0.1:1"],
                             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "SWARM_TOKEN" in result.stderr

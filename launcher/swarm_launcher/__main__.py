@@ -1,4 +1,4 @@
-from swarm.cli import main
+from swarm_launcher.cli import main
 
 if __name__ == "__main__":
     main()

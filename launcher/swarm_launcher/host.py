@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarm.logs import get_logger
-from swarm.procs import ServiceProcess, free_port, interrupt_on_sigterm, start_service, write_ready_file
+from swarm.procs import free_port, write_ready_file
+from swarm.shutdown import interrupt_on_sigterm
+from swarm_launcher.processes import ServiceProcess, start_service
 
 logger = get_logger(__name__)
 

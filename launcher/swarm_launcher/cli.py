@@ -17,8 +17,8 @@ COMMAND_MODULES = (
     "swarm_dataset.cli",
     "swarm_bootstrap_dht.cli",
     "swarm_trainer.cli",
-    "swarm.host",
-    "swarm.demo",
+    "swarm_launcher.host",
+    "swarm_launcher.demo",
 )
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from swarm.logs import get_logger
-from swarm.procs import ServiceProcess, interrupt_on_sigterm, start_service
+from swarm.shutdown import interrupt_on_sigterm
+from swarm_launcher.processes import ServiceProcess, start_service
 
 logger = get_logger(__name__)
 
@@ -56,7 +57,7 @@ def coordinator_progress(address: str, token: str):
 
 def prepare_demo_data(workdir: Path, run_config: dict[str, Any]) -> tuple[Path, Path, str, int]:
     """Write the run config and the demo images, ingest them; returns (config path, index, storage URL, images)."""
-    from swarm_dataset.demo_images import write_demo_folder
+    from swarm_launcher.demo_images import write_demo_folder
 
     config_path = workdir / "run.yaml"
     config_path.write_text(yaml.safe_dump(run_config))
@@ -65,7 +66,7 @@ def prepare_demo_data(workdir: Path, run_config: dict[str, Any]) -> tuple[Path, 
     logger.info(f"ingesting {n_images} demo images")
     index, objects = workdir / "host" / "dataset.sqlite", f"file://{workdir / 'host' / 'objects'}"
     (workdir / "host").mkdir(parents=True, exist_ok=True)
-    ingest = subprocess.run([sys.executable, "-m", "swarm", "ingest", str(images), "--index", str(index),
+    ingest = subprocess.run([sys.executable, "-m", "swarm_launcher", "ingest", str(images), "--index", str(index),
                              "--storage", objects, "--config", str(config_path)],
                             capture_output=True, text=True, timeout=600)
     if ingest.returncode != 0:
@@ -75,7 +76,7 @@ def prepare_demo_data(workdir: Path, run_config: dict[str, Any]) -> tuple[Path, 
 
 def start_demo_host(workdir: Path, config_path: Path, index: Path, objects: str, *, lease_ttl: float = 120,
                     peer_ttl: float = 60):
-    from swarm.host import start_host
+    from swarm_launcher.host import start_host
 
     return start_host(workdir / "host", config_path=str(config_path), run_id="demo", index_path=str(index),
                       storage=objects, bind_host="127.0.0.1", coordinator_port=0, dataset_port=0, dht_port=0,
