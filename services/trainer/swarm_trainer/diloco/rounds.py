@@ -1,0 +1,57 @@
+"""Round bookkeeping of DiLoCo mode, as pure functions.
+
+A round is `inner_steps` local batches followed by one all-reduce of pseudo-gradients. A peer's epoch (what the
+progress tracker, the coordinator and checkpoints see) is the number of rounds it has completed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+ROUND_BITS = 16  # the round number's low bits go into the matchmaking key
+
+
+def group_bits(round_index: int) -> str:
+    """The matchmaking group bits for averaging round `round_index`.
+
+    hivemind matches any two averagers with the same key and averages whatever they hold. Putting the round into
+    the key means a peer averaging round 7 can never be matched with one averaging round 8 (a fast peer that ran
+    ahead, or a laggard), which would mix pseudo-gradients measured from different outer parameters.
+    """
+    if round_index < 0:
+        raise ValueError(f"round index must be >= 0, got {round_index}")
+    return format(round_index % (1 << ROUND_BITS), f"0{ROUND_BITS}b")
+
+
+def lr_step(*, round_index: int, inner_step: int, inner_steps: int) -> int:
+    """The step index the inner LR schedule is evaluated at: round * H + inner step, the same on every peer."""
+    if not 0 <= inner_step <= inner_steps:
+        raise ValueError(f"inner step must be between 0 and {inner_steps}, got {inner_step}")
+    return round_index * inner_steps + inner_step
+
+
+@dataclass(frozen=True)
+class PeerProgress:
+    """One peer's entry in the progress tracker: which round it is in (its epoch), and whether it is a client."""
+    peer: bytes
+    epoch: int
+    client_mode: bool = False
+
+
+def peers_still_in_round(progress: Iterable[PeerProgress], *, finished_round: int, me: bytes) -> list[bytes]:
+    """Peers the averaging of `finished_round` should wait for: those still training that round.
+
+    Peers already past it are in matchmaking (or done); peers further behind will download the state and cannot
+    contribute to this round, so nobody waits for them.
+    """
+    return [p.peer for p in progress if p.peer != me and p.epoch == finished_round]
+
+
+def averaging_weight(samples: int) -> float:
+    """The weight of a peer's pseudo-gradient: the samples behind it.
+
+    A peer that ended a round without training (it had no data) has an all-zero pseudo-gradient; it still joins
+    the all-reduce to receive the average, with a weight so small it changes nothing, because a group whose weights
+    are all exactly zero would divide by zero.
+    """
+    return float(samples) if samples > 0 else 1e-6
