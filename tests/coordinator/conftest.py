@@ -47,7 +47,7 @@ def open_store(db_path, clock):
 
     yield make
     for store in opened:
-        if store._lock_file is not None:
+        if not store.connection.closed:
             store.close()
 
 

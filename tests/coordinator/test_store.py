@@ -164,8 +164,8 @@ def test_incremental_chunking_survives_restarts(open_store, db_path, clock):
     try:
         assert store.add_samples([(2, 64, 128), (4, 64, 128), (5, 64, 64)], flush=False) == [2]  # 2 seen: skipped
         assert store.add_samples([], flush=True) == [3]
-        info = {cid: store._chunk_info[cid] for cid in store.queue.chunks}
-        assert info == {1: (64, 64, "1,3"), 2: (64, 128, "2,4"), 3: (64, 64, "5")}
+        info = {cid: store.leases.contents(cid) for cid in store.queue.chunks}
+        assert info == {1: ((64, 64), [1, 3]), 2: ((64, 128), [2, 4]), 3: ((64, 64), [5])}
         assert store.add_samples([], flush=True) == []
     finally:
         store.close()
@@ -190,7 +190,7 @@ def test_audit_catches_a_tampered_database(open_store, db_path):
     store.register("a")
     for grant in store.lease("a", 2):
         store.report("a", grant.lease_id)
-    counted = [row for row in store._conn.execute(sa.select(db.leases.c.id)).scalars()]
+    counted = [row for row in store.connection.conn.execute(sa.select(db.leases.c.id)).scalars()]
     store.close()
     assert audit_chunks(db_path, counted_lease_ids=counted)["lost"] == 0
     engine = db.make_engine(db_path)
@@ -215,7 +215,7 @@ def test_schema_upgrade_adds_the_peer_token_column(db_path):
 def test_full_synchronous_mode_for_power_loss_durability(db_path, clock):
     store = Store.open(db_path, clock=clock, synchronous="full")
     try:
-        assert store._raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store._raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.connection.raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.connection.raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         store.close()
