@@ -12,7 +12,7 @@ function svgElement(name, attributes) {
 }
 
 function formatTick(value) {
-  if (value === 0) return "0";
+  if (Number.isInteger(value)) return value.toLocaleString("en-US");
   const magnitude = Math.abs(value);
   if (magnitude >= 1000) return value.toLocaleString(undefined, {maximumFractionDigits: 0});
   if (magnitude >= 10) return value.toFixed(1);
