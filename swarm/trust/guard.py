@@ -1,0 +1,293 @@
+"""The guard for hivemind averagers: only credentialed peers join, send parts or download state; parts are combined
+robustly; a downloaded state is checked before use.
+
+THE interface (the sync backend and the DiLoCo averager both use it):
+
+    from swarm.trust import TrustSettings, averager_class, optimizer_class
+    cls = averager_class(hivemind.averaging.DecentralizedAverager, settings)  # or GradientAverager, your subclass
+    averager = cls(tensors, dht=dht, prefix=..., start=True, ...)               # same arguments as the base class
+    optimizer = optimizer_class(settings)(dht=dht, run_id=..., ...)            # hivemind.Optimizer, both averagers
+    averager.trust_stats()  # {peer_id: {"token": name, "accepted": n, "clipped": n, "dropped": n, "refused": n}}
+
+With `settings.enabled` False (or settings None) these return hivemind's own classes, untouched.
+
+What the guard does, in the averager's own process (hivemind 1.1.12 runs each averager as a forked process):
+- `rpc_join_group`, `rpc_aggregate_part`, `rpc_download_state`: the caller's peer id (authenticated by libp2p) must
+  have a valid credential (see admission.py), else the request is refused (NOT_LOOKING_FOR_GROUP / PROTOCOL_VIOLATION
+  / no state) and counted as "refused" for that peer.
+- before an all-reduce, every groupmate must hold a credential (a credentialed leader cannot smuggle an outsider in);
+  the all-reduce runs `RobustAllReduceRunner`, with each sender's weight capped by its credential's `max_weight`.
+- a downloaded state must come from a credentialed peer, be finite, and be within `max_state_distance` x the local
+  norm of the local copy; otherwise the next peer is tried.
+The guarded class keeps its base class's name: hivemind derives RPC handle names from the class name, so guarded and
+plain peers stay wire-compatible (an outsider running plain hivemind reaches our handlers and is refused there).
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from typing import AsyncIterator, Optional
+
+import torch
+from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.control import AveragingStage  # noqa: F401 - re-exported for subclasses' convenience
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.averaging.matchmaking import MatchmakingException
+from hivemind.compression import deserialize_torch_tensor
+from hivemind.optim import Optimizer
+from hivemind.optim.state_averager import TrainingStateAverager
+from hivemind.p2p import P2PContext, PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils import MPFuture, ValueWithExpiration, get_dht_time
+from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
+from hivemind.utils.streaming import combine_from_streaming
+
+from swarm.logs import get_logger
+from swarm.trust.admission import AdmissionCache, TrustSettings
+from swarm.trust.reducer import RobustAllReduceRunner
+from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED
+
+logger = get_logger(__name__)
+REFUSED = "refused"
+COUNTERS = (ACCEPTED, CLIPPED, DROPPED, REFUSED)
+
+
+class AveragerGuard:
+    """Mixin placed before a DecentralizedAverager subclass (see `averager_class`). Takes `trust=TrustSettings`."""
+
+    def __init__(self, *args, trust: TrustSettings, **kwargs):
+        # Set before the base __init__: with start=True it forks the averager process, which must inherit these.
+        self._trust = trust
+        self._admission = AdmissionCache(trust)
+        self._trust_counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+        self._trust_tokens: dict[str, str] = {}
+        super().__init__(*args, **kwargs)
+
+    # --- stats (counted in the averager process, read from the trainer's) ---
+
+    def trust_stats(self, timeout: float = 5.0) -> dict[str, dict]:
+        """{peer id: {"token": token name or "", accepted, clipped, dropped, refused}} as counted by this peer."""
+        future = MPFuture()
+        self._outer_pipe.send(("_get_trust_stats", [], dict(future=future)))
+        return future.result(timeout=timeout)
+
+    async def _get_trust_stats(self, future: MPFuture):
+        future.set_result({peer: dict(counts, token=self._trust_tokens.get(peer, ""))
+                           for peer, counts in self._trust_counts.items()})
+
+    def _count(self, peer: PeerID, what: str, n: int = 1) -> None:
+        self._trust_counts[peer.to_base58()][what] += n
+
+    async def _admitted(self, peer: PeerID) -> bool:
+        if peer == self.peer_id:
+            return True
+        credential = await self._admission.credential_of(self.dht, peer.to_base58())
+        if credential is not None:
+            self._trust_tokens[peer.to_base58()] = credential.token_name
+        return credential is not None
+
+    # --- RPCs served to other peers ---
+
+    async def rpc_join_group(self, request: averaging_pb2.JoinRequest, context: P2PContext
+                             ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        if not await self._admitted(context.remote_id):
+            self._count(context.remote_id, REFUSED)
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.NOT_LOOKING_FOR_GROUP)
+            return
+        async for message in super().rpc_join_group(request, context):
+            yield message
+
+    async def rpc_aggregate_part(self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+                                 ) -> AsyncIterator[averaging_pb2.AveragingData]:
+        if not await self._admitted(context.remote_id):
+            self._count(context.remote_id, REFUSED)
+            yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for message in super().rpc_aggregate_part(stream, context):
+            yield message
+
+    async def rpc_download_state(self, request: averaging_pb2.DownloadRequest, context: P2PContext
+                                 ) -> AsyncIterator[averaging_pb2.DownloadData]:
+        if not await self._admitted(context.remote_id):
+            self._count(context.remote_id, REFUSED)
+            return  # hivemind's client then tries the next peer
+        async for message in super().rpc_download_state(request, context):
+            yield message
+
+    # --- all-reduce ---
+
+    async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int, **kwargs):
+        for peer in group_info.peer_ids:
+            if not await self._admitted(peer):
+                self._count(peer, REFUSED)
+                raise MatchmakingException(f"group {group_info.group_id.hex()[:8]} includes {peer}, which holds no "
+                                           f"valid credential: not averaging with it")
+        return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+
+    async def _run_allreduce_inplace_(self, tensors, group_info: GroupInfo, group_id: Optional[bytes] = None,
+                                      **kwargs):
+        """hivemind's method with RobustAllReduceRunner and weight caps from the groupmates' credentials."""
+        group_id = group_info.group_id if group_id is None else group_id
+        caps = {}
+        for peer in group_info.peer_ids:
+            credential = self._admission.cached(peer.to_base58())
+            if credential is not None and credential.max_weight > 0:
+                caps[peer] = credential.max_weight
+        runner = RobustAllReduceRunner(rules=self._trust.rules, weight_caps=caps, p2p=self._p2p,
+                                       servicer_type=type(self), prefix=self.prefix, tensors=tensors,
+                                       group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
+        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
+        self._running_groups[group_id].set_result(runner)
+        try:
+            if runner.modes[group_info.peer_ids.index(self.peer_id)] != _aux_mode():
+                async for tensor, update in azip(as_aiter(*tensors), runner):
+                    tensor.add_(update, alpha=self._averaging_alpha)
+                    self.last_updated = get_dht_time()
+                    self._state_updated.set()
+            else:
+                async for _ in runner:
+                    raise ValueError("aux peers should not receive averaged tensors")
+        finally:
+            for peer, verdict in runner.verdicts_by_peer().items():
+                self._count(peer, verdict)
+                if verdict != ACCEPTED:
+                    logger.warning(f"{self.prefix}: {verdict} the contribution of {peer} "
+                                   f"(token {self._trust_tokens.get(peer.to_base58(), '?')!r})")
+
+    # --- state downloads ---
+
+    async def _load_state_from_peers(self, future: MPFuture, timeout: Optional[float] = None):
+        """hivemind's loop over state-sharing peers, best first, keeping only a state that passes `_check_state`."""
+        if timeout is not None:
+            timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
+        try:
+            key_manager = self._matchmaking.group_key_manager
+            found, _ = self.dht.get(f"{key_manager.prefix}.all_averagers", latest=True) or ({}, None)
+            priority = {PeerID(peer): (float(info.value), random.random()) for peer, info in found.items()
+                        if isinstance(info, ValueWithExpiration) and isinstance(info.value, (float, int))}
+            for peer in sorted(priority, key=priority.get, reverse=True):
+                if peer == self.peer_id:
+                    continue
+                if not await self._admitted(peer):
+                    logger.warning(f"not downloading state from {peer}: it holds no valid credential")
+                    continue
+                try:
+                    metadata, tensors = await self._download_state_from(peer, timeout)
+                except Exception as e:  # noqa: BLE001 - try the next peer, as hivemind does
+                    logger.warning(f"failed to download state from {peer}: {e!r}")
+                    continue
+                problem = "it sent no state" if metadata is None else self._check_state(tensors)
+                if problem:
+                    self._count(peer, DROPPED)
+                    logger.warning(f"refused the state downloaded from {peer}: {problem}; trying another peer")
+                    continue
+                future.set_result((metadata, tensors))
+                return
+        finally:
+            if not future.done():
+                future.set_result(None)
+
+    async def _download_state_from(self, peer: PeerID, timeout: Optional[float]):
+        started = time.monotonic()
+        stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+        stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+        metadata, parts, tensors = None, [], []
+        async for message in aiter_with_timeout(stream, timeout=timeout):
+            if message.metadata:
+                metadata = self.serializer.loads(message.metadata)
+            if message.tensor_part.dtype and parts:
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                parts = []
+            parts.append(message.tensor_part)
+        if parts:
+            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+        logger.info(f"downloaded state from {peer} in {time.monotonic() - started:.2f}s")
+        return metadata, tensors
+
+    def _check_state(self, tensors) -> str | None:
+        """Why a downloaded state must not be used, or None. Compares the leading tensors that match the local
+        averaged tensors in shape (parameters come first in hivemind's states)."""
+        for i, tensor in enumerate(tensors):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return f"tensor {i} is not finite"
+        distance_sq, norm_sq = 0.0, 0.0
+        for remote, local in zip(tensors, self._averaged_tensors):
+            if remote.shape != local.shape or not remote.is_floating_point():
+                break
+            local = local.detach().float().cpu()
+            distance_sq += float((remote.float() - local).pow(2).sum())
+            norm_sq += float(local.pow(2).sum())
+        if norm_sq > 0 and distance_sq ** 0.5 > self._trust.max_state_distance * norm_sq ** 0.5:
+            return (f"its parameters are {distance_sq ** 0.5 / norm_sq ** 0.5:.3g} x the local norm away "
+                    f"(limit {self._trust.max_state_distance})")
+        return None
+
+
+def _aux_mode():
+    from hivemind.averaging.allreduce import AveragingMode
+
+    return AveragingMode.AUX
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def averager_class(base: type, settings: TrustSettings | None) -> type:
+    """`base` (a DecentralizedAverager subclass) with the guard, taking the same arguments; `base` itself when the
+    checks are off. Bind settings with functools.partial(cls, trust=settings) or pass trust= at construction."""
+    if settings is None or not settings.enabled:
+        return base
+    if not issubclass(base, DecentralizedAverager):
+        raise TypeError(f"{base.__name__} is not a hivemind DecentralizedAverager subclass")
+    if base not in _GUARDED:
+        # Same __name__ (and qualname) as the base: hivemind's RPC handle names come from the class name.
+        _GUARDED[base] = type(base.__name__, (AveragerGuard, base), {"__qualname__": base.__qualname__,
+                                                                    "__module__": __name__})
+    return _GUARDED[base]
+
+
+def optimizer_class(settings: TrustSettings | None) -> type:
+    """hivemind.Optimizer whose gradient and state averagers are guarded (hivemind.Optimizer when checks are off).
+
+    Use it like hivemind.Optimizer (leave grad_averager_factory unset or pass an unguarded averager class in it).
+    """
+    if settings is None or not settings.enabled:
+        return Optimizer
+    return _guarded_optimizer(settings)
+
+
+def _guarded_optimizer(settings: TrustSettings) -> type:
+    from functools import partial
+
+    from hivemind.optim.grad_averager import GradientAverager
+
+    class GuardedOptimizer(Optimizer):
+        def __init__(self, *args, grad_averager_factory=None, **kwargs):
+            base = grad_averager_factory or GradientAverager
+            guarded = partial(averager_class(base, settings), trust=settings) if isinstance(base, type) else base
+            super().__init__(*args, grad_averager_factory=guarded, **kwargs)
+
+        def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+            guarded = averager_class(TrainingStateAverager, settings)
+            return guarded(trust=settings, dht=self.dht, prefix=f"{self.run_id}_state_averager",
+                           min_matchmaking_time=self.matchmaking_time, allreduce_timeout=self.allreduce_timeout,
+                           shutdown_timeout=self.shutdown_timeout, offload_optimizer=self.offload_optimizer,
+                           custom_gradients=self.offload_optimizer, status_loglevel=self.status_loglevel,
+                           next_chunk_timeout=self.next_chunk_timeout, client_mode=self.client_mode,
+                           auxiliary=self.auxiliary, start=True, **kwargs)
+
+        def trust_stats(self) -> dict[str, dict]:
+            """Counts from both averagers, summed per peer."""
+            merged: dict[str, dict] = {}
+            for averager in (self.grad_averager, self.state_averager):
+                if averager is None or not hasattr(averager, "trust_stats"):
+                    continue
+                for peer, counts in averager.trust_stats().items():
+                    into = merged.setdefault(peer, dict.fromkeys(COUNTERS, 0) | {"token": counts.get("token", "")})
+                    for name in COUNTERS:
+                        into[name] += counts.get(name, 0)
+                    into["token"] = into["token"] or counts.get("token", "")
+            return merged
+
+    return GuardedOptimizer

@@ -1,0 +1,109 @@
+"""hivemind's all-reduce with our robust rules plugged into the reducer (hivemind 1.1.12).
+
+hivemind's `TensorPartReducer` adds each sender's part into one accumulator as it arrives and divides by the claimed
+weights. `RobustTensorPartReducer` keeps the parts of the current part index instead and, once every live sender
+has sent it, combines them with `swarm.trust.robust.robust_average` (drop non-finite, cap weights, CenteredClip).
+Every sender still gets back `average - its part`, exactly as hivemind's protocol expects, so guarded and plain
+peers speak the same wire protocol. This mirrors where hivemind's unmerged `centered-clip` branch hooks in.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Mapping, Sequence
+
+import torch
+from hivemind.averaging.allreduce import AllReduceRunner
+from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
+from hivemind.p2p import PeerID
+
+from swarm.trust.robust import RobustRules, RoundVerdicts, robust_average
+
+
+class RobustTensorPartReducer(TensorPartReducer):
+    """A TensorPartReducer that combines each part with the robust rules.
+
+    :param caps: per sender index, the most weight that sender may claim (0 = no cap from the coordinator).
+    """
+
+    def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, *, rules: RobustRules,
+                 caps: Sequence[float]):
+        self.rules, self.caps = rules, list(caps)
+        self.verdicts = RoundVerdicts(num_senders)
+        self._inputs: dict[int, tuple[torch.Tensor, float]] = {}
+        super().__init__(part_shapes, num_senders)
+
+    def reset_accumulators(self):
+        """Same bookkeeping as hivemind's, holding the parts instead of a running sum."""
+        assert self.current_part_accumulated_from == self.num_current_senders or self.current_part_index == -1
+        if self.current_part_index >= self.num_parts - 1:
+            self.finalize()
+            return
+        self.current_part_index += 1
+        self.current_part_accumulated_from = 0
+        self.current_part_future = asyncio.Future()
+        self.num_current_senders = sum(
+            self.current_part_index < failed_index for failed_index in self.sender_failed_after)
+        self.accumulator = None  # hivemind's finalize() deletes it
+        self.denominator = 0.0
+        self._inputs = {}
+
+    async def accumulate_part(self, sender_index: int, part_index: int, tensor_part: torch.Tensor,
+                              weight: float = 1.0) -> torch.Tensor:
+        """Hold this sender's part; return the robust average of the part once every live sender has sent it."""
+        assert 0 <= sender_index < self.num_senders, "invalid sender index"
+        assert 0 <= part_index < self.num_parts, "invalid part index"
+        self.num_parts_received[sender_index] += 1
+
+        while part_index > self.current_part_index:
+            await asyncio.wait({self.current_part_future, asyncio.create_task(self.finished.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self.finished.is_set():
+                raise AllreduceException(f"attempted to aggregate part in a finalized {self.__class__.__name__}")
+
+        if self.sender_failed_after[sender_index] != float("inf"):
+            raise BannedException(f"sender {sender_index} was banned in background")
+        assert part_index == self.current_part_index
+
+        current_part_future = self.current_part_future
+        if part_index < self.sender_failed_after[sender_index]:
+            self._inputs[sender_index] = (tensor_part, float(weight))
+            self.current_part_accumulated_from += 1
+            self.check_current_part_finished()
+        return await current_part_future
+
+    def check_current_part_finished(self):
+        assert self.current_part_accumulated_from <= self.num_current_senders
+        if self.current_part_accumulated_from != self.num_current_senders:
+            return
+        senders = sorted(self._inputs)
+        average, verdicts = robust_average([self._inputs[i][0] for i in senders],
+                                           [self._inputs[i][1] for i in senders],
+                                           caps=[self.caps[i] for i in senders], rules=self.rules)
+        by_sender: list[str | None] = [None] * self.num_senders
+        for i, verdict in zip(senders, verdicts):
+            by_sender[i] = verdict
+        self.verdicts.record(by_sender)
+        if average is None:
+            self.current_part_future.set_exception(
+                AllreduceException("every sender's part was non-finite: nothing to average"))
+            self.current_part_future.exception()  # mark retrieved: each waiting sender re-raises it anyway
+        else:
+            self.current_part_future.set_result(average)
+        self.reset_accumulators()
+
+
+class RobustAllReduceRunner(AllReduceRunner):
+    """hivemind's AllReduceRunner with a RobustTensorPartReducer; `verdicts_by_peer()` after the round."""
+
+    def __init__(self, *, rules: RobustRules, weight_caps: Mapping[PeerID, float], **kwargs):
+        super().__init__(**kwargs)
+        plain = self.tensor_part_reducer
+        plain.finished.set()  # discard hivemind's reducer silently (its finalize would log "received 0%")
+        self.tensor_part_reducer = RobustTensorPartReducer(
+            tuple(part.shape for part in self.parts_for_local_averaging), len(self.sender_peer_ids), rules=rules,
+            caps=[float(weight_caps.get(peer, 0.0)) for peer in self.sender_peer_ids])
+
+    def verdicts_by_peer(self) -> dict[PeerID, str]:
+        """This peer's verdict on each sender whose parts it reduced (empty when it reduced nothing)."""
+        return {peer: verdict for peer, verdict in zip(self.sender_peer_ids, self.tensor_part_reducer.verdicts.result())
+                if verdict is not None}

@@ -1,0 +1,158 @@
+"""Robust aggregation rules: how one part of an all-reduce is combined from its senders (pure torch, tested alone).
+
+hivemind adds what it receives with a plain weighted mean, using the weight each sender claims. Here, before a
+sender's part counts:
+1. a part with NaN/Inf (or a non-finite / negative weight) is dropped and counted;
+2. the claimed weight is capped: by what the coordinator allows that peer (its credential's `max_weight`) and by a
+   multiple of the round's median claim, so no peer can claim a million samples;
+3. the parts are combined with CenteredClip (Gorbunov et al., "Secure Distributed Training at Scale", ICML 2022):
+   start from the coordinate-wise median, then a few times move the centre by the weighted mean of each input's
+   difference from it, each difference clipped to norm tau. tau is a multiple of the median distance of the inputs
+   from the starting centre, so it scales with the round's honest spread and needs no tuning per model.
+
+Why CenteredClip rather than clipping each part to a multiple of the median norm: norm clipping still lets a
+sign-flipped x10 gradient pull the mean back by a whole median norm (with 4 peers the honest step shrinks to ~1/2),
+while CenteredClip bounds an outlier's pull by tau/n per iteration around the honest cluster. With only honest peers
+and tau at twice the median distance it leaves the mean nearly unchanged (nobody is clipped when the spread is even).
+
+The rules see one part (a slice of the flattened tensors) at a time, as hivemind's reducer does, so a sender is
+judged per part; `RoundVerdicts` folds that into one verdict per sender and round (worst part wins).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+ACCEPTED, CLIPPED, DROPPED = "accepted", "clipped", "dropped"
+VERDICTS = (ACCEPTED, CLIPPED, DROPPED)
+_SEVERITY = {ACCEPTED: 0, CLIPPED: 1, DROPPED: 2}
+
+
+@dataclass(frozen=True)
+class RobustRules:
+    """Knobs of the robust average. The defaults keep honest rounds a plain weighted mean in practice."""
+    tau_multiple: float = 2.0  # CenteredClip radius = this x the median distance of inputs from the median
+    iterations: int = 3  # CenteredClip iterations (the paper converges in a few when tau is set from the data)
+    weight_cap_multiple: float = 4.0  # a claim above this x the round's median claim is cut down to it
+
+    def __post_init__(self):
+        if not self.tau_multiple > 0:
+            raise ValueError(f"tau_multiple must be > 0, got {self.tau_multiple}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if not self.weight_cap_multiple >= 1:
+            raise ValueError(f"weight_cap_multiple must be >= 1, got {self.weight_cap_multiple}")
+
+
+def is_finite_part(part: torch.Tensor) -> bool:
+    """True when every value is finite (one pass, no copy of the part)."""
+    return bool(torch.isfinite(part).all())
+
+
+def capped_weights(weights: Sequence[float], *, caps: Sequence[float], rules: RobustRules) -> list[float]:
+    """Each claimed weight cut to its cap (0 = no cap) and to `weight_cap_multiple` x the median claim.
+
+    Only usable claims (finite, >= 0) are passed in; the median is over them, so one huge claim cannot raise it.
+    """
+    if not weights:
+        return []
+    median = _median([float(w) for w in weights])
+    relative_cap = rules.weight_cap_multiple * median if median > 0 else math.inf
+    return [min(float(w), cap if cap > 0 else math.inf, relative_cap) for w, cap in zip(weights, caps)]
+
+
+def centered_clip(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
+                  rules: RobustRules) -> tuple[torch.Tensor, list[bool]]:
+    """(robust weighted centre, whether each input was clipped in the final iteration).
+
+    All parts must be finite and of one shape; weights >= 0. With zero total weight the inputs count equally
+    (hivemind would divide by zero and return NaN).
+    """
+    stacked = torch.stack([p.float() for p in parts])  # (senders, elements)
+    n = stacked.shape[0]
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
+    if not float(w.sum()) > 0:
+        w = torch.ones(n)
+    w = w / w.sum()
+    if n == 1:
+        return stacked[0].clone(), [False]
+    centre = _coordinate_median(stacked)
+    distances = (stacked - centre).flatten(1).norm(dim=1)
+    tau = rules.tau_multiple * float(distances.median())
+    clipped = [False] * n
+    if tau <= 0:  # at least half the inputs coincide with the median: that is the answer
+        return centre, [bool(d > 0) for d in distances]
+    view = (n,) + (1,) * (stacked.dim() - 1)
+    for _ in range(rules.iterations):
+        diffs = stacked - centre
+        norms = diffs.flatten(1).norm(dim=1)
+        scale = torch.clamp(tau / torch.clamp(norms, min=1e-30), max=1.0)
+        clipped = [bool(s < 1.0) for s in scale]
+        centre = centre + ((w * scale).view(view) * diffs).sum(dim=0)
+    return centre, clipped
+
+
+def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, caps: Sequence[float] | None = None,
+                   rules: RobustRules = RobustRules()) -> tuple[torch.Tensor | None, list[str]]:
+    """Combine one part from every sender: (average or None when no sender is usable, verdict per sender).
+
+    verdicts: "dropped" (non-finite values or weight), "clipped" (CenteredClip cut its difference), else "accepted".
+    """
+    caps = list(caps) if caps is not None else [0.0] * len(parts)
+    if len(caps) != len(parts) or len(weights) != len(parts):
+        raise ValueError("parts, weights and caps must have one entry per sender")
+    verdicts = [ACCEPTED] * len(parts)
+    kept = []
+    for i, (part, weight) in enumerate(zip(parts, weights)):
+        if not (math.isfinite(weight) and weight >= 0) or not is_finite_part(part):
+            verdicts[i] = DROPPED
+        else:
+            kept.append(i)
+    if not kept:
+        return None, verdicts
+    kept_weights = capped_weights([weights[i] for i in kept], caps=[caps[i] for i in kept], rules=rules)
+    average, clipped = centered_clip([parts[i] for i in kept], kept_weights, rules=rules)
+    for i, was_clipped in zip(kept, clipped):
+        if was_clipped:
+            verdicts[i] = CLIPPED
+    return average.to(parts[kept[0]].dtype), verdicts
+
+
+class RoundVerdicts:
+    """One verdict per sender for a whole round: the worst over that sender's parts."""
+
+    def __init__(self, num_senders: int):
+        self._worst = [ACCEPTED] * num_senders
+        self._seen = [False] * num_senders
+
+    def record(self, verdicts: Sequence[str | None]) -> None:
+        """Fold in one part's verdicts (None: that sender did not take part in this part)."""
+        for i, verdict in enumerate(verdicts):
+            if verdict is None:
+                continue
+            self._seen[i] = True
+            if _SEVERITY[verdict] > _SEVERITY[self._worst[i]]:
+                self._worst[i] = verdict
+
+    def result(self) -> list[str | None]:
+        """Verdict per sender, None for a sender none of whose parts were judged (it failed or sent nothing)."""
+        return [v if seen else None for v, seen in zip(self._worst, self._seen)]
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _coordinate_median(stacked: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median over dim 0, the mean of the two middle values for an even count (torch takes the
+    lower one, which would let one of two senders set the centre alone)."""
+    n = stacked.shape[0]
+    ordered = stacked.sort(dim=0).values
+    if n % 2:
+        return ordered[n // 2].clone()
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2

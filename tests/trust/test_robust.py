@@ -1,0 +1,87 @@
+"""Robust aggregation rules alone: non-finite parts dropped, weights capped, CenteredClip against outliers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from swarm.trust.robust import (
+    ACCEPTED,
+    CLIPPED,
+    DROPPED,
+    RobustRules,
+    RoundVerdicts,
+    capped_weights,
+    centered_clip,
+    robust_average,
+)
+
+
+def honest_parts(n=3, size=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    signal = torch.randn(size, generator=g)
+    return signal, [signal + 0.1 * torch.randn(size, generator=g) for _ in range(n)]
+
+
+def test_honest_round_is_the_weighted_mean():
+    _, parts = honest_parts()
+    average, verdicts = robust_average(parts, [1.0, 2.0, 1.0])
+    expected = (parts[0] + 2 * parts[1] + parts[2]) / 4
+    assert verdicts == [ACCEPTED] * 3
+    assert torch.allclose(average, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("attack", ["nan", "inf", "x1e6", "flip_x10"])
+def test_one_bad_sender_among_three_honest(attack):
+    signal, parts = honest_parts()
+    bad = {"nan": torch.full_like(signal, math.nan), "inf": torch.full_like(signal, math.inf),
+           "x1e6": signal * 1e6, "flip_x10": -10 * signal}[attack]
+    if attack == "nan":
+        bad[1:] = signal[1:]  # one NaN is enough to drop the part
+    average, verdicts = robust_average(parts + [bad], [1.0] * 4)
+    honest_mean = sum(parts) / 3
+    assert torch.isfinite(average).all()
+    assert verdicts[3] == (DROPPED if attack in ("nan", "inf") else CLIPPED)
+    # The bad sender moves the result by a small fraction of the signal; a plain mean would be ruined.
+    assert (average - honest_mean).norm() < 0.15 * signal.norm()
+    assert torch.nn.functional.cosine_similarity(average, signal, dim=0) > 0.95
+
+
+def test_claimed_weight_is_capped_by_credential_and_by_median():
+    rules = RobustRules(weight_cap_multiple=4.0)
+    assert capped_weights([8.0, 8.0, 1e6], caps=[0, 0, 0], rules=rules) == [8.0, 8.0, 32.0]
+    assert capped_weights([8.0, 8.0, 20.0], caps=[0, 0, 10.0], rules=rules) == [8.0, 8.0, 10.0]
+    # A huge claim with an honest-looking part: the result stays near the honest mean.
+    _, parts = honest_parts()
+    average, _ = robust_average(parts + [parts[0] * 3], [1.0, 1.0, 1.0, 1e6], caps=[0, 0, 0, 1.0])
+    assert (average - sum(parts) / 3).norm() < 0.2 * parts[0].norm()
+
+
+def test_bad_weights_and_edge_cases():
+    _, parts = honest_parts(n=2)
+    average, verdicts = robust_average(parts, [1.0, math.nan])
+    assert verdicts == [ACCEPTED, DROPPED] and torch.equal(average, parts[0])
+    average, verdicts = robust_average(parts, [0.0, 0.0])  # zero total weight: equal weights, not NaN
+    assert torch.isfinite(average).all() and verdicts == [ACCEPTED, ACCEPTED]
+    assert robust_average([torch.full((3,), math.inf)], [1.0]) == (None, [DROPPED])
+    same = torch.ones(5)
+    average, clipped = centered_clip([same, same, same * 7], [1, 1, 1], rules=RobustRules())
+    assert torch.equal(average, same) and clipped == [False, False, True]
+    with pytest.raises(ValueError):
+        robust_average(parts, [1.0])
+    with pytest.raises(ValueError):
+        RobustRules(tau_multiple=0)
+
+
+def test_fp16_parts_stay_fp16():
+    _, parts = honest_parts()
+    average, _ = robust_average([p.half() for p in parts], [1.0] * 3)
+    assert average.dtype == torch.float16
+
+
+def test_round_verdicts_keep_the_worst_part():
+    rounds = RoundVerdicts(3)
+    rounds.record([ACCEPTED, CLIPPED, None])
+    rounds.record([DROPPED, ACCEPTED, None])
+    assert rounds.result() == [DROPPED, CLIPPED, None]
