@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROTOS := $(wildcard protos/swarm/v1/*.proto)
 NAME ?=
 
-.PHONY: venv proto demo test test-deps bench host clean
+.PHONY: venv proto demo lint test test-fast test-deps bench host clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,16 @@ test-deps:
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose >/dev/null) \
 	  || echo "test-deps: could not install prometheus/docker-compose (not root?); their tests will skip"
 
-test: $(STAMP) test-deps
+# ruff's rules live in pyproject.toml ([tool.ruff]); the generated gRPC stubs are excluded there.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint test-deps
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: lint and every test but the end-to-end ones (marked e2e; they start whole swarms).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not e2e"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(NAME)

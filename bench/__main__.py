@@ -40,7 +40,7 @@ def run(names: list[str]) -> int:
             code = module.main()
         except SystemExit as e:
             code = e.code
-        except Exception:
+        except Exception:  # noqa: BLE001 - one failed benchmark must not stop the others
             traceback.print_exc()
             code = 1
         print(f"=== bench {name}: {'ok' if not code else f'failed ({code})'} in "

@@ -267,15 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", type=float, default=4.0, help="seconds of health checks first: the gRPC floor on "
                                                                  "this machine; 0 skips it (default: %(default)s)")
     parser.add_argument("--chunks", type=int, default=5000, help="chunks seeded (default: %(default)s)")
-    parser.add_argument("--store-seconds", type=float, default=3.0, help="seconds of the in-process store "
-                                                                         "measurement; 0 skips it (default: %(default)s)")
+    parser.add_argument("--store-seconds", type=float, default=3.0,
+                        help="seconds of the in-process store measurement; 0 skips it (default: %(default)s)")
     parser.add_argument("--grpc-workers", type=int, default=None, help="coordinator --grpc-workers (default: its own)")
     parser.add_argument("--out", default=str(RESULTS), help="result JSON (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from swarm_launcher.processes import start_service
     from swarm_coordinator.audit import audit_chunks
     from swarm_coordinator.tokens import create_token
+    from swarm_launcher.processes import start_service
 
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         db_path = f"{tmp}/coordinator.sqlite"

@@ -114,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     from botocore.config import Config
 
     from swarm import rpc
-    from swarm_launcher.processes import start_service
     from swarm_dataset.client import iter_chunk_messages
     from swarm_dataset.index import Index
     from swarm_dataset.ingest import IngestOptions, ingest
     from swarm_dataset.server import default_workers
     from swarm_dataset.storage import open_storage
+    from swarm_launcher.processes import start_service
 
     workers = args.workers or default_workers()
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -36,7 +36,7 @@ def reference_loop(models, images, captions, *, lr: float):
     """A step as diffusers' examples/text_to_image/train_text_to_image.py writes it (fp32, no accelerate)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 
     unet, vae, text_encoder, tokenizer, noise_scheduler = (models.unet, models.vae, models.text_encoder,
                                                            models.tokenizer, models.noise_scheduler)

@@ -61,8 +61,8 @@ def test_cover_box_centre_and_random():
     rng = random.Random(0)
     boxes = {tuple(round(v, 3) for v in cover_box(1000, 500, 512, 512, crop="random", rng=rng)) for _ in range(20)}
     assert len(boxes) > 1
-    for l, t, r, b in boxes:
-        assert 0 <= l <= 500 and t == 0 and round(r - l, 3) == 500 and b == 500
+    for left, top, right, bottom in boxes:
+        assert 0 <= left <= 500 and top == 0 and round(right - left, 3) == 500 and bottom == 500
     with pytest.raises(ValueError, match="crop"):
         cover_box(10, 10, 5, 5, crop="left")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swarm_launcher.cli import main as swarm_main
 from swarm_dataset.buckets import BucketParams
 from swarm_dataset.index import Index, SampleRow
 from swarm_dataset.ingest import IngestOptions, ingest
 from swarm_dataset.storage import open_storage
+from swarm_launcher.cli import main as swarm_main
 from tests.dataset.conftest import encode, photo, write_pair
 from tests.dataset.test_validate import png_header_only
 

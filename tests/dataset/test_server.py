@@ -227,7 +227,7 @@ def test_serving_continues_while_an_ingest_writes(dataset_server, small_dataset,
         while not done.is_set():
             try:
                 assert len(list(iter_chunk_messages(dataset_server.address, [1, 2, 3], timeout=30))) == 3
-            except Exception as e:  # collected and asserted on below
+            except Exception as e:  # noqa: BLE001 - collected and asserted on below
                 errors.append(e)
 
     reader = threading.Thread(target=stream_loop)

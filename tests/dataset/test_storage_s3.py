@@ -11,8 +11,15 @@ from swarm_dataset.client import iter_chunk_samples
 from swarm_dataset.index import Index
 from swarm_dataset.ingest import ingest
 from swarm_dataset.server import start_server
-from swarm_dataset.storage import (BadKeyError, LocalStorage, S3Storage, StorageError, check_key, content_key,
-                                   open_storage)
+from swarm_dataset.storage import (
+    BadKeyError,
+    LocalStorage,
+    S3Storage,
+    StorageError,
+    check_key,
+    content_key,
+    open_storage,
+)
 from tests.dataset.conftest import encode, photo
 
 pytestmark = pytest.mark.timeout(120)

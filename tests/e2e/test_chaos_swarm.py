@@ -13,8 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swarm_launcher.demo import (DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer,
-                        wait_for_trainers)
+from swarm_launcher.demo import (
+    DEMO_CONFIG,
+    coordinator_progress,
+    prepare_demo_data,
+    start_demo_host,
+    start_demo_trainer,
+    wait_for_trainers,
+)
 from swarm_launcher.processes import restart_service
 from tests.e2e.waiting import wait_until
 

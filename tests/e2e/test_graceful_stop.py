@@ -7,7 +7,13 @@ import signal
 
 import pytest
 
-from swarm_launcher.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
+from swarm_launcher.demo import (
+    DEMO_CONFIG,
+    coordinator_progress,
+    prepare_demo_data,
+    start_demo_host,
+    start_demo_trainer,
+)
 from swarm_launcher.processes import restart_service
 from tests.e2e.waiting import wait_until
 

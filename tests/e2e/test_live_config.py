@@ -12,7 +12,13 @@ import urllib.request
 
 import pytest
 
-from swarm_launcher.demo import DEMO_CONFIG, coordinator_progress, prepare_demo_data, start_demo_host, start_demo_trainer
+from swarm_launcher.demo import (
+    DEMO_CONFIG,
+    coordinator_progress,
+    prepare_demo_data,
+    start_demo_host,
+    start_demo_trainer,
+)
 from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]

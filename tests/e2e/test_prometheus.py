@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from tests.deploy.dashboards import (alert_expressions, metric_family, metric_names, panel_queries,
-                                     substitute_variables)
+from tests.deploy.dashboards import alert_expressions, metric_family, metric_names, panel_queries, substitute_variables
 from tests.e2e.prometheus_server import PrometheusUnavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 

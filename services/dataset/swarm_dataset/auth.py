@@ -28,7 +28,8 @@ class CoordinatorTokenCheck:
     def __init__(self, coordinator_address: str, *, ttl_s: float = 60.0, rejected_ttl_s: float = 5.0,
                  timeout_s: float = 5.0, max_entries: int = 10_000):
         self.coordinator_address = coordinator_address
-        self.ttl_s, self.rejected_ttl_s, self.timeout_s, self.max_entries = ttl_s, rejected_ttl_s, timeout_s, max_entries
+        self.ttl_s, self.rejected_ttl_s = ttl_s, rejected_ttl_s
+        self.timeout_s, self.max_entries = timeout_s, max_entries
         self._channel = rpc.channel(coordinator_address)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         # sha256(token) -> (expires at, error or None); tokens themselves are never kept in memory longer than a call

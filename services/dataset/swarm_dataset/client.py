@@ -137,12 +137,12 @@ class ChunkPrefetcher:
                     samples = fetch_chunk(self.address, sample_ids, retries=self._retries, stop=self._stop,
                                           channel=self._channel, **self._options)
                     item: tuple = (key, samples, None)
-                except Exception as e:  # handed to the consumer, who decides (skip the lease, stop, ...)
+                except Exception as e:  # noqa: BLE001 - handed to the consumer, who decides (skip the lease, stop, ...)
                     _tag(e, key)
                     item = (key, None, e)
                 if not self._put(item):
                     return
-        except Exception as e:  # the chunk source itself failed (e.g. leasing from the coordinator)
+        except Exception as e:  # noqa: BLE001 - the chunk source itself failed (e.g. leasing from the coordinator)
             logger.warning(f"chunk source failed: {e}")
             _tag(e, None)
             self._put((None, None, e))

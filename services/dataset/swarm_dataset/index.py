@@ -15,8 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sqlalchemy import (BigInteger, Float, Integer, String, Text, UniqueConstraint, create_engine, delete,
-                        event, func, select, update)
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from swarm_dataset.buckets import BucketParams, make_buckets, nearest_bucket

@@ -23,8 +23,17 @@ from swarm.logs import get_logger
 from swarm_dataset import imaging
 from swarm_dataset.buckets import BucketParams, make_buckets, nearest_bucket
 from swarm_dataset.index import Index, SampleInfo
-from swarm_dataset.pairing import (NO_CAPTION, CaptionError, CaptionOptions, Pair, image_signature, join_signature,
-                                   pair_files, read_caption, split_signature)
+from swarm_dataset.pairing import (
+    NO_CAPTION,
+    CaptionError,
+    CaptionOptions,
+    Pair,
+    image_signature,
+    join_signature,
+    pair_files,
+    read_caption,
+    split_signature,
+)
 from swarm_dataset.storage import BadKeyError, LocalStorage, S3Storage, StorageError, content_key
 from swarm_dataset.validate import Rejection, ValidationLimits, check_image
 
@@ -73,7 +82,8 @@ class IngestReport:
         return {"source": self.source, "files": self.files, "images": self.images, "added": self.added,
                 "updated": self.updated, "unchanged": self.unchanged, "skipped": dict(sorted(self.skipped.items())),
                 "skipped_total": sum(self.skipped.values()), "normalised": dict(sorted(self.normalised.items())),
-                "rebucketed": self.rebucketed, "prepared": self.prepared, "missing": self.missing, "seconds": round(self.seconds, 3),
+                "rebucketed": self.rebucketed, "prepared": self.prepared, "missing": self.missing,
+                "seconds": round(self.seconds, 3),
                 "index": {"samples": self.index_samples, "skipped": self.index_skipped}}
 
     def summary(self) -> str:
@@ -128,7 +138,7 @@ class _Ingester:
             prepared = imaging.bucket_bytes(data, sample.bucket_width, sample.bucket_height, encoding="jpeg",
                                             quality=imaging.PREPARED_QUALITY, resample=imaging.INGEST_RESAMPLE)
             bucket_key = self.put(prepared, "jpg")
-        except Exception as e:  # the stream falls back to resizing on the fly; the next ingest tries again
+        except Exception as e:  # noqa: BLE001 - the stream falls back to resizing on the fly; the next ingest tries again
             logger.warning(f"could not prepare the bucket copy of sample {sample.id}: {e}")
             return False
         return self.index.set_prepared(sample_id=sample.id, bucket=(sample.bucket_width, sample.bucket_height),

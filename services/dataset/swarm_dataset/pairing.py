@@ -160,8 +160,8 @@ def caption_from_json(data: bytes, *, name: str = "caption", options: CaptionOpt
     else:
         text = next((meta[f] for f in TEXT_CAPTION_FIELDS if isinstance(meta.get(f), str)), None)
         if text is None:
-            raise CaptionError(BAD_CAPTION, f"{name} has none of the caption fields "
-                                            f"{', '.join(options.fields + FALLBACK_CAPTION_FIELDS + TEXT_CAPTION_FIELDS)}")
+            fields = options.fields + FALLBACK_CAPTION_FIELDS + TEXT_CAPTION_FIELDS
+            raise CaptionError(BAD_CAPTION, f"{name} has none of the caption fields {', '.join(fields)}")
         caption = _tidy(text)
     if not caption and not options.allow_empty:
         raise CaptionError(EMPTY_CAPTION, f"{name} gives an empty caption")

@@ -70,8 +70,9 @@ def _prepare(storage, sample: SampleInfo, *, as_stored: bool, encoding: str, qua
     try:
         data = storage.get(sample.key)
     except KeyError:
-        raise _StreamFailure(grpc.StatusCode.DATA_LOSS, "missing_object",
-                             f"sample {sample.id}: its object {sample.key} is missing from storage; re-ingest") from None
+        raise _StreamFailure(
+            grpc.StatusCode.DATA_LOSS, "missing_object",
+            f"sample {sample.id}: its object {sample.key} is missing from storage; re-ingest") from None
     except StorageError as e:
         raise _StreamFailure(grpc.StatusCode.UNAVAILABLE, "storage_unavailable",
                              f"sample {sample.id}: storage is unavailable, try again: {e}") from None
@@ -184,7 +185,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
         stats = self.index.stats()
         return dataset_pb2.DatasetStats(
             samples=stats.samples, skipped=stats.skipped,
-            buckets=[dataset_pb2.BucketCount(width=w, height=h, count=n) for (w, h), n in sorted(stats.buckets.items())])
+            buckets=[dataset_pb2.BucketCount(width=w, height=h, count=n)
+                     for (w, h), n in sorted(stats.buckets.items())])
 
 
 def default_workers() -> int:

@@ -201,7 +201,7 @@ class S3Storage:
         except self._http_errors as e:
             logger.debug(f"presigned GET of {full} failed ({e}); retrying through boto3")
             return None
-        except Exception as e:  # presigning needs credentials; boto3's own call reports their absence clearly
+        except Exception as e:  # noqa: BLE001 - presigning needs credentials; boto3's own call reports their absence clearly
             logger.debug(f"presigned GET of {full} not possible ({e}); using boto3")
             return None
         if response.status == 200:
@@ -257,7 +257,7 @@ class S3Storage:
         """Create the bucket if it is missing (the embedded MinIO and tests start empty)."""
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except Exception:
+        except Exception:  # noqa: BLE001 - missing, forbidden or unreachable: creating it says which, clearly
             try:
                 self._client.create_bucket(Bucket=self.bucket)
             except Exception as e:
