@@ -95,6 +95,20 @@ pending_samples = sa.Table(
     sa.Column("bucket_height", sa.Integer, nullable=False),
 )
 
+# The status page's history of the run (swarm_coordinator.statuspage.history: bounded, downsampled as it ages).
+status_history = sa.Table(
+    "status_history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("t", sa.Float, nullable=False),  # unix seconds of the newest raw sample the row stands for
+    sa.Column("n", sa.Integer, nullable=False),  # raw samples merged into the row
+    sa.Column("samples_done", sa.Integer, nullable=False),
+    sa.Column("global_epoch", sa.Integer, nullable=False),
+    sa.Column("peers_online", sa.Integer, nullable=False),
+    sa.Column("samples_per_s", sa.Float, nullable=False),
+    sa.Column("loss", sa.Float, nullable=True),
+    sa.Index("ix_status_history_t", "t"),
+)
+
 meta = sa.Table(
     "meta", metadata,
     sa.Column("key", sa.String(64), primary_key=True),
