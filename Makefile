@@ -26,12 +26,15 @@ proto: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/swarm demo
 
-# Debian's prometheus/promtool and docker-compose for tests/deploy and the e2e Prometheus check (CI runs as root).
+# Debian's prometheus/promtool and docker-compose for tests/deploy and the e2e Prometheus check, and chromium for the
+# status page's browser tests (Playwright drives the system browser; nothing is downloaded). CI runs as root.
 # Not fatal elsewhere: those tests skip and say why.
 test-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose >/dev/null) \
-	  || echo "test-deps: could not install prometheus/docker-compose (not root?); their tests will skip"
+	  && command -v chromium >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose \
+	      chromium >/dev/null) \
+	  || echo "test-deps: could not install prometheus/docker-compose/chromium (not root?); their tests will skip"
 
 # ruff's rules live in pyproject.toml ([tool.ruff]); the generated gRPC stubs are excluded there.
 lint: $(STAMP)
