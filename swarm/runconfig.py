@@ -39,6 +39,7 @@ class RunConfig:
     opt_weight_decay: float = 1e-2
     buckets_side_min: int = 256
     buckets_side_max: int = 768
+    buckets_max_area: int = 0  # largest bucket area in pixels; 0: resolution². NovelAI's at 512: 393216 (512×768)
     buckets_shuffle: bool = True
     target_batch_size: int = 4096  # samples the whole swarm accumulates per global epoch
     seed: int = 42
@@ -66,7 +67,7 @@ class RunConfig:
 
 # Keys whose change cannot be applied to a running peer: it must restart (or the run be restarted).
 RESTART_KEYS = frozenset({"model", "train_text_encoder", "use_ema", "seed", "chunk_size", "resolution",
-                          "buckets_side_min", "buckets_side_max"})
+                          "buckets_side_min", "buckets_side_max", "buckets_max_area"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
@@ -149,6 +150,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     require(cfg.buckets_side_min <= cfg.resolution <= cfg.buckets_side_max,
             f"resolution ({cfg.resolution}) must lie between buckets_side_min ({cfg.buckets_side_min}) and "
             f"buckets_side_max ({cfg.buckets_side_max})")
+    require(cfg.buckets_max_area == 0 or cfg.buckets_max_area >= cfg.resolution ** 2,
+            f"buckets_max_area must be 0 (resolution²) or at least resolution² ({cfg.resolution ** 2}) so the base "
+            f"square fits, got {cfg.buckets_max_area} (NovelAI's at resolution 512: 393216 = 512×768)")
     require(cfg.target_batch_size >= 1, f"target_batch_size must be >= 1, got {cfg.target_batch_size}")
     require(1 <= cfg.chunk_size <= 100_000, f"chunk_size must be between 1 and 100000, got {cfg.chunk_size}")
     require(cfg.max_data_epochs >= 1, f"max_data_epochs must be >= 1, got {cfg.max_data_epochs}")

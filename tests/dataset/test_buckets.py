@@ -6,7 +6,7 @@ import random
 import pytest
 from PIL import Image
 
-from swarm_dataset.buckets import BucketParams, cover_box, cover_size, make_buckets, nearest_bucket
+from swarm_dataset.buckets import NOVELAI_MAX_AREA, BucketParams, cover_box, cover_size, make_buckets, nearest_bucket
 from swarm_dataset.imaging import bucket_bytes, decode_rgb, resize_to_bucket
 from tests.dataset.conftest import encode, photo
 
@@ -86,3 +86,25 @@ def test_bucket_bytes_uses_draft_decode_and_hits_the_bucket_exactly():
         assert image.size == (576, 448) and image.mode == "RGB"
     upscaled = decode_rgb(bucket_bytes(encode(photo(100, 80)), 576, 448))
     assert upscaled.size == (576, 448)
+
+
+def test_novelai_area_cap_gives_its_19_buckets():
+    # NovelAI's scheme for SD at 512: sides 256-1024, area at most 512×768 (REFERENCE / docs/design.md).
+    params = BucketParams(resolution=512, side_min=256, side_max=1024, max_area=NOVELAI_MAX_AREA)
+    buckets = make_buckets(params)
+    assert len(buckets) == 19
+    assert {(256, 1024), (384, 1024), (448, 832), (512, 768), (512, 512), (768, 512), (1024, 256)} <= set(buckets)
+    assert all(w * h <= 512 * 768 for w, h in buckets)
+    # Today's default (area resolution²) on the same sides: the 17 buckets this repository always made.
+    assert len(make_buckets(BucketParams(resolution=512, side_min=256, side_max=1024))) == 17
+
+
+def test_max_area_defaults_to_resolution_squared_and_round_trips():
+    assert BucketParams(resolution=512).max_area == 512 * 512
+    assert BucketParams(512, 256, 768) == BucketParams(512, 256, 768, max_area=512 * 512)
+    params = BucketParams(512, 256, 1024, max_area=NOVELAI_MAX_AREA)
+    assert BucketParams(**params.as_dict()) == params
+    recorded_before_the_key = {"resolution": 512, "side_min": 256, "side_max": 768, "side_step": 64}
+    assert BucketParams(**recorded_before_the_key) == BucketParams()
+    with pytest.raises(ValueError, match="base square"):
+        BucketParams(resolution=512, max_area=512 * 256)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swarm_dataset.buckets import BucketParams
+from swarm_dataset.buckets import NOVELAI_MAX_AREA, BucketParams
 from swarm_dataset.index import Index, SampleRow
 from swarm_dataset.ingest import IngestOptions, ingest
 from swarm_dataset.storage import open_storage
@@ -189,11 +189,20 @@ def test_cli_ingest_and_stats(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"samples: {GOOD}" in out and "832 x 256" in out and "truncated: 1" in out  # buckets from the config
 
+    # NovelAI's area cap (512×768) on the recorded sides 256-1024: the other bucket values are kept, the cap recorded.
+    with pytest.raises(SystemExit):
+        swarm_main(["ingest", str(source), "--index", str(tmp_path / "i.sqlite"), "--buckets-max-area", "393216",
+                    "--json", "--no-progress"])
+    capsys.readouterr()
+    recorded = Index(str(tmp_path / "i.sqlite"), create=False).bucket_params()
+    assert recorded == BucketParams(512, 256, 1024, max_area=NOVELAI_MAX_AREA)
+
 
 @pytest.mark.parametrize("args, message", [
     (["ingest", "/does/not/exist", "--index", "{tmp}/i.sqlite"], "is not a folder"),
     (["ingest", "{tmp}", "--index", "{tmp}/i.sqlite", "--resolution", "500"], "multiple of 64"),
     (["ingest", "{tmp}", "--index", "{tmp}/i.sqlite", "--max-aspect", "0.5"], "aspect ratio limit"),
+    (["ingest", "{tmp}", "--index", "{tmp}/i.sqlite", "--buckets-max-area", "1000"], "base square"),
     (["ingest", "{tmp}", "--index", "{tmp}/i.sqlite", "--storage", "ftp://x/y"], "unsupported storage scheme"),
     (["dataset", "stats", "--index", "{tmp}/missing.sqlite"], "swarm ingest"),
 ])

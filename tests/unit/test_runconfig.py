@@ -29,6 +29,7 @@ def test_known_keys_from_earlier_trainers_are_accepted():
     ({"learning_rate": 1e-4}, "unknown run config key(s) learning_rate"),
     ({"target_batch_size": 0}, "target_batch_size must be >= 1"),
     ({"lr": float("nan")}, "finite"),
+    ({"buckets_max_area": 512 * 256}, "buckets_max_area must be 0 (resolution²) or at least resolution² (262144)"),
 ])
 def test_bad_values_say_what_to_fix(raw, fragment):
     with pytest.raises(ConfigError, match=None) as e:
@@ -52,6 +53,13 @@ def test_restart_needed_names_keys_that_cannot_change_live():
     old = RunConfig()
     assert restart_needed(old, old.replace(lr=1e-5)) == []
     assert restart_needed(old, old.replace(model="other/model", seed=3)) == ["model", "seed"]
+    assert restart_needed(old, old.replace(buckets_max_area=512 * 768)) == ["buckets_max_area"]
+
+
+def test_buckets_max_area_takes_novelais_value():
+    assert RunConfig().buckets_max_area == 0  # resolution², today's buckets
+    novelai = validate({"resolution": 512, "buckets_side_max": 1024, "buckets_max_area": 393216})
+    assert novelai.buckets_max_area == 393216
 
 
 @pytest.mark.parametrize("run_id", ["", "-x", "has space", "a" * 65, "../etc"])

@@ -3,8 +3,9 @@
 Pure functions (no I/O) so the bucket rules are unit-tested on their own and shared by ingest (which assigns buckets)
 and the server (which resizes to them).
 
-The scheme users expect (see REFERENCE.md): buckets are (width, height) pairs whose sides are multiples of the side step
-between `side_min` and `side_max`, with area at most `max_area` (resolution² by default, as the 2022 swarm trainer used).
+The scheme users expect (docs/design.md): buckets are (width, height) pairs whose sides are multiples of the side step
+between `side_min` and `side_max`, with area at most `max_area` (resolution² by default, as the 2022 swarm trainer
+used; NovelAI's scheme for SD at 512 caps it at 512×768, `NOVELAI_MAX_AREA`, giving 19 buckets for sides 256–1024).
 For each width from the minimum upward take the tallest height within both limits; do the same with the sides swapped;
 add the base square; remove duplicates. An image goes to the bucket whose aspect ratio w/h is nearest its own.
 """
@@ -16,18 +17,26 @@ from dataclasses import dataclass
 from typing import Sequence
 
 SIDE_STEP = 64
+NOVELAI_MAX_AREA = 512 * 768  # NovelAI's cap for SD at resolution 512 (run config: buckets_max_area: 393216)
 
 
 @dataclass(frozen=True)
 class BucketParams:
-    """What the run config says about buckets (`resolution`, `buckets_side_min`, `buckets_side_max`)."""
+    """What the run config says about buckets (`resolution`, `buckets_side_min`, `buckets_side_max`,
+    `buckets_max_area`). `max_area=0` means resolution², so indexes recorded before the key existed read the same."""
 
     resolution: int = 512
     side_min: int = 256
     side_max: int = 768
     side_step: int = SIDE_STEP
+    max_area: int = 0
 
     def __post_init__(self):
+        if self.max_area == 0:
+            object.__setattr__(self, "max_area", self.resolution * self.resolution)  # frozen: set once, here
+        if self.max_area < self.resolution * self.resolution:
+            raise ValueError(f"the maximum bucket area ({self.max_area}) must hold the base square "
+                             f"{self.resolution}×{self.resolution} ({self.resolution * self.resolution}); 0 means that")
         step = self.side_step
         if step < 8 or step % 8:
             raise ValueError(f"side step must be a multiple of 8 and at least 8, got {step}")
@@ -39,13 +48,9 @@ class BucketParams:
             raise ValueError(f"resolution ({self.resolution}) must lie between the minimum side ({self.side_min}) "
                              f"and the maximum side ({self.side_max})")
 
-    @property
-    def max_area(self) -> int:
-        return self.resolution * self.resolution
-
     def as_dict(self) -> dict[str, int]:
         return {"resolution": self.resolution, "side_min": self.side_min, "side_max": self.side_max,
-                "side_step": self.side_step}
+                "side_step": self.side_step, "max_area": self.max_area}
 
 
 def make_buckets(params: BucketParams) -> list[tuple[int, int]]:

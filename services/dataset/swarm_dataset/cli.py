@@ -4,15 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from swarm.cliargs import port_arg, positive_float_arg, positive_int_arg
+
 
 def _add_bucket_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("aspect buckets (from the run config, or given here)")
     group.add_argument("--config", metavar="RUN.yaml",
-                       help="run config whose resolution / buckets_side_min / buckets_side_max set the buckets "
-                            "(without it and the flags below: what the index was built with, else 512 / 256 / 768)")
-    group.add_argument("--resolution", type=int, help="base resolution (max bucket area = resolution²; default 512)")
+                       help="run config whose resolution / buckets_side_min / buckets_side_max / buckets_max_area set "
+                            "the buckets (without it and the flags below: what the index was built with, else "
+                            "512 / 256 / 768 / 0)")
+    group.add_argument("--resolution", type=int, help="base resolution (default 512)")
     group.add_argument("--buckets-side-min", type=int, help="shortest bucket side (default 256)")
     group.add_argument("--buckets-side-max", type=int, help="longest bucket side (default 768)")
+    group.add_argument("--buckets-max-area", type=int, help="largest bucket area in pixels (default 0: resolution²; "
+                                                            "NovelAI's at 512: 393216 = 512×768)")
 
 
 def register(subparsers) -> None:
@@ -41,17 +46,19 @@ def register(subparsers) -> None:
     captions.add_argument("--keep-underscores", action="store_true", help="keep '_' in JSON tags (default: spaces)")
     captions.add_argument("--allow-empty-captions", action="store_true", help="keep images whose caption is empty")
     checks = ingest.add_argument_group("validation and storage")
-    checks.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
-    checks.add_argument("--max-aspect", type=float, default=4.0, help="refuse images with a longer/shorter side ratio "
-                                                                      "above this")
-    checks.add_argument("--min-side", type=int, default=64, help="refuse images whose shorter side is smaller")
+    checks.add_argument("--max-pixels", type=positive_int_arg, default=40_000_000,
+                        help="refuse larger images (decompression bombs)")
+    checks.add_argument("--max-aspect", type=positive_float_arg, default=4.0,
+                        help="refuse images with a longer/shorter side ratio above this")
+    checks.add_argument("--min-side", type=positive_int_arg, default=64,
+                        help="refuse images whose shorter side is smaller")
     checks.add_argument("--store-encoding", choices=("jpeg", "png", "webp"), default="jpeg",
                         help="encoding of re-encoded images (plain RGB JPEGs are stored as they are)")
     checks.add_argument("--store-quality", type=int, default=95, help="quality of re-encoded JPEG/WebP")
     checks.add_argument("--no-prepare-buckets", action="store_true",
                         help="do not store a copy resized to each image's bucket (saves ~30%% storage; the service "
                              "then resizes every streamed sample on the fly)")
-    checks.add_argument("--workers", type=int, default=4, help="files fetched and validated in parallel")
+    checks.add_argument("--workers", type=positive_int_arg, default=4, help="files fetched and validated in parallel")
     ingest.add_argument("--prune", action="store_true",
                         help="remove from the index the files ingested before that are gone from SOURCE")
     ingest.add_argument("--json", action="store_true", help="print the final report as JSON on stdout")
@@ -73,13 +80,14 @@ def register(subparsers) -> None:
     serve.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint for s3:// storage")
     serve.add_argument("--coordinator", metavar="HOST:PORT",
                        help="check every caller's join token with this coordinator (without it the service is open)")
-    serve.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port (0: any free port)")
+    serve.add_argument("--metrics-port", type=port_arg, default=9101,
+                       help="Prometheus /metrics port (0: any free port)")
     serve.add_argument("--ready-file", metavar="PATH",
                        help="write {grpc_address, metrics_port} as JSON here once serving")
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--workers", type=positive_int_arg, default=None,
                        help="threads that fetch and resize samples, shared by all streams (default: 4 x cores, "
                             "at least 8, at most 64)")
-    serve.add_argument("--read-ahead", type=int, default=None, help="samples prepared ahead per stream "
+    serve.add_argument("--read-ahead", type=positive_int_arg, default=None, help="samples prepared ahead per stream "
                                                                     "(default: --workers, at most 16)")
     serve.add_argument("--encoding", choices=("jpeg", "png", "webp"), default="jpeg",
                        help="encoding of resized samples when the request does not say")
@@ -100,15 +108,17 @@ def _bucket_params(args, recorded=None):
     if args.config:
         config = load_yaml(args.config)
         values = {"resolution": config.resolution, "side_min": config.buckets_side_min,
-                  "side_max": config.buckets_side_max}
+                  "side_max": config.buckets_side_max, "max_area": config.buckets_max_area}
     elif recorded is not None:  # a re-ingest without bucket options keeps the buckets the index has
-        values = {"resolution": recorded.resolution, "side_min": recorded.side_min, "side_max": recorded.side_max}
+        default_area = recorded.max_area == recorded.resolution ** 2  # stays "resolution²" if --resolution changes
+        values = {"resolution": recorded.resolution, "side_min": recorded.side_min, "side_max": recorded.side_max,
+                  "max_area": 0 if default_area else recorded.max_area}
     else:
         defaults = RunConfig()
         values = {"resolution": defaults.resolution, "side_min": defaults.buckets_side_min,
-                  "side_max": defaults.buckets_side_max}
+                  "side_max": defaults.buckets_side_max, "max_area": defaults.buckets_max_area}
     for name, arg in (("resolution", "resolution"), ("side_min", "buckets_side_min"),
-                      ("side_max", "buckets_side_max")):
+                      ("side_max", "buckets_side_max"), ("max_area", "buckets_max_area")):
         if getattr(args, arg) is not None:
             values[name] = getattr(args, arg)
     try:

@@ -22,6 +22,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from swarm import rpc
+from swarm.cliargs import check_port
 from swarm.logs import get_logger
 from swarm.metrics import MetricsServer
 from swarm.procs import write_ready_file
@@ -234,10 +235,11 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
                  default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
                  token_ttl_s: float = 60.0) -> DatasetServer:
     """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
-    for name, value, low, high in (("workers", workers, 1, 256), ("read-ahead", read_ahead, 1, 1024),
-                                   ("metrics port", metrics_port, 0, 65535)):
+    for name, value, low, high in (("workers", workers, 1, 256), ("read-ahead", read_ahead, 1, 1024)):
         if value is not None and not low <= value <= high:
             raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    if metrics_port is not None:
+        check_port(metrics_port, name="metrics port")
     imaging.check_encoding(default_encoding, default_quality)
     index = Index(index_path, create=False)
     storage_url = storage_url or index.get_meta("storage_url")
