@@ -73,18 +73,20 @@ class Client:
 
 @pytest.fixture
 def coordinator(db_path, clock):
-    """coordinator(**serve_kwargs) -> (running Coordinator, Client with a valid token) on port 0, in process."""
-    from swarm_coordinator.server import serve
+    """coordinator(**settings) -> (running Coordinator, Client with a valid token) on port 0, in process; keyword
+    arguments are CoordinatorSettings fields."""
+    from swarm_coordinator.server import start as start_coordinator
+    from swarm_coordinator.settings import CoordinatorSettings
     from swarm_coordinator.tokens import create_token
 
     running, clients = [], []
 
     def start(**kwargs):
         token = create_token(db_path, name="tests")
-        options = dict(listen="127.0.0.1:0", db_path=db_path, run_id="test-run", metrics_port=None, clock=clock,
-                       wait=False, upkeep_interval=3600.0)
+        options = dict(listen="127.0.0.1:0", db_path=db_path, run_id="test-run", metrics_port=None,
+                       upkeep_interval=3600.0)
         options.update(kwargs)
-        server = serve(**options)
+        server = start_coordinator(CoordinatorSettings(**options), clock=clock)
         running.append(server)
         client = Client(server.address, token)
         clients.append(client)

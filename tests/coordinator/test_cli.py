@@ -112,7 +112,7 @@ def test_coordinator_flags_are_checked_before_starting(capsys, db_path, tmp_path
     for argv, phrase in (
         (["--run-id", "bad run id"], "run id"),
         (["--config", str(tmp_path / "missing.yaml")], "does not exist"),
-        (["--listen", "nonsense"], "--listen 'nonsense' is not HOST:PORT"),
+        (["--listen", "nonsense"], "argument --listen: must be HOST:PORT"),
         (["--dataset-public-address", "x:1"], "needs --dataset"),
         (["--grpc-workers", "0"], "--grpc-workers"),
     ):

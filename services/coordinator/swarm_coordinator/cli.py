@@ -7,23 +7,11 @@ import os
 import sys
 import time
 
+from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg
 from swarm.runconfig import RESTART_KEYS
+from swarm_coordinator.settings import MAX_GRPC_WORKERS, CoordinatorSettings
 
 DEFAULT_DB = "./coordinator.sqlite"
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {text}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -31,39 +19,45 @@ def register(subparsers) -> None:
         "coordinator", help="run the coordinator: run config, chunk leases, peer registry, join tokens",
         description="Serve swarm.v1.Coordinator over gRPC with its state in SQLite. Every RPC but health needs a "
                     "join token (`swarm token create --db DB`).")
-    p.add_argument("--listen", default="0.0.0.0:50051", metavar="HOST:PORT", help="HOST:PORT to serve on; port 0 picks a free one "
-                                                             "(default: %(default)s)")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help="SQLite database with all coordinator state (default: %(default)s)")
-    p.add_argument("--config", metavar="RUN_YAML", help="run config YAML; stored as a new version only when it differs from the "
-                                    "stored one (default: the stored config, else built-in defaults)")
+    p.add_argument("--listen", type=address_arg, default="0.0.0.0:50051", metavar="HOST:PORT",
+                   help="HOST:PORT to serve on; port 0 picks a free one (default: %(default)s)")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+                   help="SQLite database with all coordinator state (default: %(default)s)")
+    p.add_argument("--config", metavar="RUN_YAML",
+                   help="run config YAML; stored as a new version only when it differs from the stored one "
+                        "(default: the stored config, else built-in defaults)")
     p.add_argument("--run-id", default="swarm-diffusion", metavar="ID",
                    help="the swarm's name on the DHT; swarms sharing a DHT need different ones (default: %(default)s)")
-    p.add_argument("--dataset", metavar="HOST:PORT", help="HOST:PORT of the dataset service whose index is cut into chunks")
-    p.add_argument("--dataset-public-address", metavar="HOST:PORT", help="dataset address told to peers (default: --dataset)")
-    p.add_argument("--dataset-token", metavar="TOKEN", help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN, else a "
+    p.add_argument("--dataset", type=address_arg, metavar="HOST:PORT",
+                   help="HOST:PORT of the dataset service whose index is cut into chunks")
+    p.add_argument("--dataset-public-address", type=address_arg, metavar="HOST:PORT",
+                   help="dataset address told to peers (default: --dataset)")
+    p.add_argument("--dataset-token", metavar="TOKEN",
+                   help="join token to list the dataset with (default: env SWARM_DATASET_TOKEN, else a "
                         "'coordinator-internal' token the coordinator makes itself at each start)")
     p.add_argument("--bootstrap-peers", nargs="*", default=[], metavar="MADDR",
                    help="multiaddrs of the bootstrap DHT: every joiner's first initial peers")
     p.add_argument("--bootstrap-peers-url", metavar="URL",
                    help="fetch (and refresh) the bootstrap DHT's multiaddrs from its /multiaddrs route, e.g. "
                         "http://bootstrap-dht:9103/multiaddrs; added after --bootstrap-peers")
-    p.add_argument("--lease-ttl", type=_positive, default=1200.0, metavar="S",
+    p.add_argument("--lease-ttl", type=positive_float_arg, default=1200.0, metavar="S",
                    help="seconds a lease lives without a heartbeat (default: %(default)s, the 2022 trainer's 20 min)")
-    p.add_argument("--peer-ttl", type=_positive, default=120.0, metavar="S",
+    p.add_argument("--peer-ttl", type=positive_float_arg, default=120.0, metavar="S",
                    help="seconds after its last heartbeat a peer counts as dead (default: %(default)s)")
-    p.add_argument("--heartbeat-interval", type=_positive, default=30.0, metavar="S",
+    p.add_argument("--heartbeat-interval", type=positive_float_arg, default=30.0, metavar="S",
                    help="how often peers are told to heartbeat, in seconds (default: %(default)s)")
-    p.add_argument("--sync-interval", type=_positive, default=5.0, metavar="S",
+    p.add_argument("--sync-interval", type=positive_float_arg, default=5.0, metavar="S",
                    help="seconds between dataset index syncs (default: %(default)s)")
     p.add_argument("--sqlite-synchronous", choices=("normal", "full"), default="normal",
                    help="normal survives any crash of the process; full also survives power loss, at an fsync per "
                         "commit (default: %(default)s)")
-    p.add_argument("--grpc-workers", type=int, default=4, metavar="N",
+    p.add_argument("--grpc-workers", type=int_range_arg(1, MAX_GRPC_WORKERS), default=4, metavar="N",
                    help="threads answering RPCs; calls are short and share one lock, so a few suffice "
                         "(default: %(default)s)")
-    p.add_argument("--metrics-port", type=_port, default=9100, metavar="N", help="Prometheus /metrics port; 0 picks a free one "
-                                                                    "(default: %(default)s)")
-    p.add_argument("--ready-file", metavar="PATH", help="write {grpc_address, metrics_port, ...} as JSON here once serving")
+    p.add_argument("--metrics-port", type=port_arg, default=9100, metavar="N",
+                   help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="write {grpc_address, metrics_port, ...} as JSON here once serving")
     p.set_defaults(func=run_coordinator)
 
     token = subparsers.add_parser("token", help="create, list and revoke join tokens",
@@ -109,40 +103,38 @@ def register(subparsers) -> None:
     status = subparsers.add_parser("status", help="print a swarm's global progress",
                                    description="Samples and data epochs done, chunks queued/leased/done, peers "
                                                "alive, swarm epoch, current LR and what each peer contributed.")
-    status.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="coordinator address")
+    status.add_argument("--coordinator", type=address_arg, required=True, metavar="HOST:PORT",
+                        help="coordinator address")
     status.add_argument("--token", default=None, help="join token (default: env SWARM_TOKEN)")
     status.add_argument("--json", action="store_true", help="print the progress as JSON")
-    status.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for an answer")
+    status.add_argument("--timeout", type=positive_float_arg, default=10.0, help="seconds to wait for an answer")
     status.set_defaults(func=run_status)
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
     from swarm.errors import UsageError
-    from swarm.runconfig import validate_run_id
     from swarm_coordinator.server import serve
     from swarm_coordinator.store import DatabaseInUse
 
-    validate_run_id(args.run_id)
     if args.config and not os.path.isfile(args.config):
         raise UsageError(f"--config {args.config} does not exist")
-    for flag, address in (("--listen", args.listen), ("--dataset", args.dataset),
-                          ("--dataset-public-address", args.dataset_public_address)):
-        if address is not None and not _valid_address(address):
-            raise UsageError(f"{flag} {address!r} is not HOST:PORT")
-    if not 1 <= args.grpc_workers <= 256:
-        raise UsageError(f"--grpc-workers must be between 1 and 256, got {args.grpc_workers}")
     if args.dataset_public_address and not args.dataset:
         raise UsageError("--dataset-public-address needs --dataset (the address the coordinator syncs from)")
     try:
-        serve(listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id, dataset=args.dataset,
-              dataset_public_address=args.dataset_public_address,
-              dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
-              bootstrap_peers=args.bootstrap_peers, bootstrap_peers_url=args.bootstrap_peers_url, lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl,
-              heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port, ready_file=args.ready_file,
-              sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers)
+        settings = CoordinatorSettings(
+            listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id, dataset=args.dataset,
+            dataset_public_address=args.dataset_public_address,
+            dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
+            bootstrap_peers=tuple(args.bootstrap_peers), bootstrap_peers_url=args.bootstrap_peers_url,
+            lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl, heartbeat_interval=args.heartbeat_interval,
+            sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers,
+            metrics_port=args.metrics_port, ready_file=args.ready_file)
+    except ValueError as e:  # ConfigError included: a bad --run-id
+        raise UsageError(str(e)) from None
+    try:
+        return serve(settings)
     except (DatabaseInUse, OSError) as e:
         raise UsageError(str(e)) from None
-    return 0
 
 
 def _int64_strings_to_ints(message, data):
@@ -164,11 +156,6 @@ def _int64_strings_to_ints(message, data):
             value = data[field.name]
             data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
     return data
-
-
-def _valid_address(address: str) -> bool:
-    host, sep, port = address.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
 
 
 def _existing_db(path: str) -> str:
@@ -256,8 +243,6 @@ def run_status(args: argparse.Namespace) -> int:
     from swarm.errors import UsageError
     from swarm_coordinator.status import describe_rpc_error, fetch_progress, format_progress
 
-    if not _valid_address(args.coordinator):
-        raise UsageError(f"--coordinator {args.coordinator!r} is not HOST:PORT")
     try:
         progress = fetch_progress(args.coordinator, token=args.token or os.environ.get("SWARM_TOKEN"),
                                   timeout=args.timeout)
