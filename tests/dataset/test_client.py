@@ -83,9 +83,10 @@ def test_fetch_chunk_retries_while_the_server_is_down_then_fails(small_dataset):
 def coordinator(tmp_path):
     """A real coordinator (in-process) with one join token, when the coordinator service is available."""
     server = pytest.importorskip("swarm_coordinator.server")
+    settings = pytest.importorskip("swarm_coordinator.settings")
     tokens = pytest.importorskip("swarm_coordinator.tokens")
     db_path = str(tmp_path / "coordinator.sqlite")
-    running = server.serve(listen="127.0.0.1:0", db_path=db_path, metrics_port=None, wait=False)
+    running = server.start(settings.CoordinatorSettings(listen="127.0.0.1:0", db_path=db_path, metrics_port=None))
     token = tokens.create_token(db_path, name="trainer")
     yield {"address": running.address, "token": token, "db_path": db_path, "tokens": tokens}
     running.stop()
