@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarm.cliargs import port_arg
 from swarm.logs import get_logger
 from swarm.procs import free_port, write_ready_file
 from swarm.shutdown import interrupt_on_sigterm
@@ -127,9 +128,9 @@ def register(subparsers) -> None:
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint, e.g. http://minio:9000")
     p.add_argument("--bind-host", default="0.0.0.0", help="interface the services listen on (default: %(default)s)")
     p.add_argument("--public-host", help="host name or IP peers use to reach this host (told to peers)")
-    p.add_argument("--coordinator-port", type=int, default=50051)
-    p.add_argument("--dataset-port", type=int, default=50052)
-    p.add_argument("--dht-port", type=int, default=31337, help="TCP port of the bootstrap DHT (forward it)")
+    p.add_argument("--coordinator-port", type=port_arg, default=50051)
+    p.add_argument("--dataset-port", type=port_arg, default=50052)
+    p.add_argument("--dht-port", type=port_arg, default=31337, help="TCP port of the bootstrap DHT (forward it)")
     p.add_argument("--dht-announce-maddrs", nargs="*", help="public multiaddrs of the bootstrap DHT")
     p.add_argument("--ready-file", help="write the addresses as JSON once every service serves")
     p.set_defaults(func=run)
@@ -138,9 +139,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from swarm.errors import UsageError
 
-    for name in ("coordinator_port", "dataset_port", "dht_port"):
-        if not 0 <= getattr(args, name) <= 65535:
-            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if args.config and not Path(args.config).is_file():
         raise UsageError(f"--config {args.config} does not exist")
     index = args.index or str(Path(args.data_dir) / "dataset.sqlite")
