@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from swarm_launcher.processes import start_service
+from tests.e2e.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -41,15 +41,17 @@ def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes)
     processes.append(host)
     info = host.wait_ready(timeout=120)
     token = create_token(str(data_dir / "coordinator.sqlite"), name="status")
+
     def status() -> dict:
-        result = subprocess.run([sys.executable, "-m", "swarm_launcher", "status", "--coordinator", info["coordinator"],
-                                 "--token", token, "--json"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-m", "swarm_launcher", "status", "--coordinator",
+                                 info["coordinator"], "--token", token, "--json"],
+                                capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
-    deadline = time.monotonic() + 60
-    while (progress := status())["samples_total"] != 28 and time.monotonic() < deadline:
-        time.sleep(0.5)  # the coordinator syncs the dataset index in the background
+    # The coordinator syncs the dataset index in the background.
+    progress = wait_until(lambda: (p := status())["samples_total"] == 28 and p, timeout=60,
+                          what="the coordinator to sync the 28 demo samples", interval=0.5)
     # Zeros are printed, and int64 counters are numbers, not proto3-JSON strings.
     assert progress["samples_total"] == 28 and progress["max_data_epochs"] == 10
     assert progress["peers_alive"] == 0 and progress["samples_done"] == 0

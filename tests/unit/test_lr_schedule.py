@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from swarm.lr_schedule import lr_at_epoch, total_steps_for
+from swarm.lr_schedule import lr_at_epoch, lr_for, total_steps_for
+from swarm.runconfig import RunConfig
 
 
 def test_constant_ignores_epoch():
@@ -30,10 +31,22 @@ def test_decay_starts_after_warmup():
 
 
 def test_peers_agree_whatever_their_local_history():
-    # Two peers with different local step counts and batch sizes see the same global epoch, so the same LR; a late
-    # joiner at epoch 37 gets the LR of epoch 37, not of its own first step.
+    # The LR is a function of the global epoch alone: a peer that has followed the run from epoch 0 and a late joiner
+    # whose first step is at epoch 37 get the same value there, the value of epoch 37 (not of a first step).
     kwargs = dict(base_lr=3e-4, scheduler="cosine", warmup_steps=5, total_steps=100)
-    assert lr_at_epoch(37, **kwargs) == lr_at_epoch(37, **kwargs) != lr_at_epoch(0, **kwargs)
+    epoch_37 = 3e-4 * 0.5 * (1 + math.cos(math.pi * (37 - 5) / (100 - 5)))
+    follower = {epoch: lr_at_epoch(epoch, **kwargs) for epoch in range(60)}
+    late_joiner = {epoch: lr_at_epoch(epoch, **kwargs) for epoch in reversed(range(37, 60))}
+    assert follower[37] == late_joiner[37] == pytest.approx(epoch_37)
+    assert all(late_joiner[epoch] == follower[epoch] for epoch in late_joiner)
+    assert follower[0] == pytest.approx(3e-4 / 6)  # a first step at epoch 0 is warmup's first sixth
+
+
+def test_lr_for_reads_the_run_config():
+    config = RunConfig(lr=2e-4, lr_scheduler="linear", lr_warmup_steps=0)
+    assert lr_for(config, epoch=0, total_steps=10) == pytest.approx(2e-4)
+    assert lr_for(config, epoch=5, total_steps=10) == pytest.approx(1e-4)
+    assert lr_for(config, epoch=10, total_steps=10) == 0.0
 
 
 def test_negative_epoch_and_unknown_scheduler_are_errors():
