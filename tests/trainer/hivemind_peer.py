@@ -42,22 +42,23 @@ def main() -> int:
     from conftest import make_images
 
     from swarm.runconfig import RunConfig
-    from swarm_trainer.endgame import final_sync
+    from swarm_trainer.backend import make_backend
     from swarm_trainer.engine import TrainEngine
     from swarm_trainer.model import build_tiny
-    from swarm_trainer.swarm import SwarmOptions, make_dht, make_optimizer, shutdown, visible_multiaddrs
+    from swarm_trainer.swarm import SwarmOptions, make_dht, shutdown, visible_multiaddrs
 
     workdir = Path(args.workdir)
-    config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=64, target_batch_size=args.target_batch_size, lr=1e-3,
-                       ucg=0.0)
+    config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=64,
+                       target_batch_size=args.target_batch_size, lr=1e-3, ucg=0.0)
     options = SwarmOptions(host_maddrs=("/ip4/127.0.0.1/tcp/0",), client_mode=args.client_mode,
-                           matchmaking_time=1.0, averaging_timeout=5.0, load_state_timeout=20.0, compression="none", verbose=True)
+                           matchmaking_time=1.0, averaging_timeout=5.0, load_state_timeout=20.0, compression="none",
+                           verbose=True)
     initial_peers = json.loads(Path(args.initial_peers_file).read_text()) if args.initial_peers_file else []
     dht = make_dht(initial_peers=initial_peers, options=options)
     models = build_tiny(seed=config.seed)
     torch.manual_seed(1000 + args.image_seed)  # identical weights, but each peer its own noise and timesteps
     engine = TrainEngine(models=models, config=config, device=torch.device("cpu"), batch_size=1,
-                         optimizer_factory=lambda params: make_optimizer(
+                         backend_factory=lambda params: make_backend(
                              dht=dht, run_id="two-peers-test", params=params, config=config, batch_size=1,
                              options=options))
     me = {"peer_id": dht.peer_id.to_base58(), "client_mode": args.client_mode}
@@ -74,7 +75,7 @@ def main() -> int:
     while engine.local_epoch < args.epochs:
         i = step % len(images)
         engine.train_batch([images[i]], [captions[i]])
-        max_peers = max(max_peers, engine.optimizer.tracker.global_progress.num_peers)
+        max_peers = max(max_peers, engine.backend.peers_in_last_round())
         step += 1
         if step > 400:
             raise RuntimeError(f"no progress: local_epoch {engine.local_epoch} after {step} steps")
@@ -86,20 +87,19 @@ def main() -> int:
     other_epoch = json.loads(other_done.read_text())["epoch"]
     if engine.local_epoch < other_epoch:
         engine.load_state_from_peers()
-    sync = final_sync(optimizer=engine.optimizer, dht=dht, run_id="two-peers-test", peer_id=me["peer_id"],
-                      participants=[(me["peer_id"], me["client_mode"]), (other["peer_id"], other["client_mode"])],
-                      params=engine.params, timeout=60)
+    participants = [(me["peer_id"], me["client_mode"]), (other["peer_id"], other["client_mode"])]
+    sync = engine.backend.final_sync(peer_id=me["peer_id"], participants=participants, timeout=60)
 
     torch.save({"epoch": engine.local_epoch, "params": engine.parameters_vector(), "steps": step,
                 "max_peers": max_peers, "sync": sync,
                 "losses": engine.stats.losses, "client_mode": args.client_mode,
-                "dht_client_mode": dht.client_mode, "optimizer_client_mode": engine.optimizer.client_mode},
+                "dht_client_mode": dht.client_mode, "optimizer_client_mode": engine.backend.client_mode},
                workdir / f"{args.name}.result.pt")
     # Stay up until the other peer has its result: it may still need to download state from this one.
     wait_for((workdir / f"{args.other}.result.pt").exists, timeout=120, what="the other peer's result")
     (workdir / f"{args.name}.exit").touch()
     wait_for((workdir / f"{args.other}.exit").exists, timeout=30, what="the other peer to exit")
-    shutdown(engine.optimizer, dht)
+    shutdown(engine.backend, dht)
     return 0
 
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from swarm_trainer.loop import PeerRun, TrainerOptions
+from swarm_trainer.loop import PeerRun
+from swarm_trainer.options import TrainerOptions
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,44 +5,10 @@ import argparse
 import os
 from pathlib import Path
 
+from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg, positive_int_arg
+
 COMPRESSIONS = ("none", "fp16", "8bit", "adaptive")  # swarm_trainer.swarm.COMPRESSIONS, without importing torch
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _batch_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 1 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 4096, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {text}")
-    return value
-
-
-def _address(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
-    return text
+MAX_BATCH_SIZE = 4096
 
 
 def register(subparsers) -> None:
@@ -52,13 +18,13 @@ def register(subparsers) -> None:
                     "chunks with hivemind.Optimizer, heartbeat and report them done, and at the end meet the other "
                     "peers so everyone leaves with the same parameters. Writes OUTPUT/summary.json and diffusers "
                     "checkpoints under OUTPUT/checkpoints/. SIGTERM/Ctrl-C releases leases, saves and leaves.")
-    p.add_argument("--coordinator", required=True, type=_address, help="HOST:PORT of the coordinator")
+    p.add_argument("--coordinator", required=True, type=address_arg, help="HOST:PORT of the coordinator")
     p.add_argument("--token", default=None, help="join token (default: env SWARM_TOKEN)")
     p.add_argument("--output-dir", default="./runs/train", help="where checkpoints and summary.json go "
                                                                 "(default: %(default)s)")
     p.add_argument("--name", default="", help="name shown in the swarm's status (default: the host name)")
-    p.add_argument("--batch-size", type=_batch_size, default=1, help="local batch per optimizer step "
-                                                                     "(default: %(default)s)")
+    p.add_argument("--batch-size", type=int_range_arg(1, MAX_BATCH_SIZE), default=1,
+                   help="local batch per optimizer step (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="autocast compute precision; master weights stay fp32 (default: fp32 on CPU, bf16 on CUDA)")
@@ -83,25 +49,25 @@ def register(subparsers) -> None:
     net.add_argument("--use-auto-relay", action="store_true", help="look for relays automatically (behind NAT)")
     net.add_argument("--identity-path", default=None,
                      help="private key file for a stable peer id across restarts (default: OUTPUT/identity.key)")
-    net.add_argument("--matchmaking-time", type=_positive, default=15.0,
+    net.add_argument("--matchmaking-time", type=positive_float_arg, default=15.0,
                      help="seconds to gather an averaging group (default: %(default)s; internet 10-15)")
-    net.add_argument("--averaging-timeout", type=_positive, default=120.0,
+    net.add_argument("--averaging-timeout", type=positive_float_arg, default=120.0,
                      help="seconds an averaging round may take before this peer proceeds with local gradients "
                           "(default: %(default)s)")
-    net.add_argument("--load-state-timeout", type=_positive, default=600.0,
+    net.add_argument("--load-state-timeout", type=positive_float_arg, default=600.0,
                      help="seconds to download the swarm state from a peer (default: %(default)s)")
     net.add_argument("--compression", choices=COMPRESSIONS, default="fp16",
                      help="gradient compression; parameter averaging uses fp16 unless none (default: %(default)s)")
-    net.add_argument("--average-state-every", type=int, default=1, metavar="N",
+    net.add_argument("--average-state-every", type=positive_int_arg, default=1, metavar="N",
                      help="average parameters with peers every N global epochs (default: %(default)s)")
     net.add_argument("--no-offload-optimizer", dest="offload_optimizer", action="store_false",
                      help="keep the optimizer state on the device instead of host RAM")
-    p.add_argument("--barrier-timeout", type=_positive, default=300.0,
+    p.add_argument("--barrier-timeout", type=positive_float_arg, default=300.0,
                    help="seconds to wait at the end for the other peers before leaving anyway (default: %(default)s)")
     p.add_argument("--upload-checkpoints", metavar="S3_URL", default=None,
                    help="also upload each checkpoint to s3://bucket/prefix (AWS credentials from the environment)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint, e.g. the host's MinIO")
-    p.add_argument("--metrics-port", type=_port, default=9102,
+    p.add_argument("--metrics-port", type=port_arg, default=9102,
                    help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--ready-file", help="write {peer_id, metrics_port, multiaddrs, ...} as JSON here once the DHT "
                                         "and optimizer are up")
@@ -129,7 +95,7 @@ def options_from_args(args):
 
     from swarm.errors import UsageError
     from swarm_trainer.features import PeerFeatures
-    from swarm_trainer.loop import TrainerOptions
+    from swarm_trainer.options import TrainerOptions
     from swarm_trainer.swarm import SwarmOptions
 
     token = args.token or os.environ.get("SWARM_TOKEN") or None
@@ -145,8 +111,6 @@ def options_from_args(args):
         from swarm_trainer.uploads import parse_s3_url
 
         parse_s3_url(args.upload_checkpoints)
-    if args.average_state_every < 1:
-        raise UsageError(f"--average-state-every must be >= 1, got {args.average_state_every}")
     for maddr in [*args.host_maddrs, *args.announce_maddrs]:
         if not maddr.startswith("/"):
             raise UsageError(f"{maddr!r} is not a multiaddr; write it like /ip4/0.0.0.0/tcp/31337")

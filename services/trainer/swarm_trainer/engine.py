@@ -1,6 +1,8 @@
-"""One peer's model replica and its optimizer: `train_batch` is one local batch, exactly one optimizer.step().
+"""One peer's model replica and its swarm backend: `train_batch` is one local batch, exactly one backend step.
 
-Used by the coordinator-driven loop (loop.py) and directly by tests and benchmarks that need no coordinator.
+The engine owns what every backend shares (models, loss, LR schedule, EMA, stats, metrics); how local steps become
+the swarm's steps is the backend's (backend.py). Used by the coordinator-driven lifecycle (session.py, chunks.py)
+and directly by tests and benchmarks that need no coordinator.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from typing import Sequence
 import torch
 
 from swarm.logs import get_logger
+from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
 from swarm_trainer import metrics
 from swarm_trainer.features import PeerFeatures, configure_attention, configure_gradient_checkpointing
 from swarm_trainer.model import SDModels, prepare_for_training, trainable_parameters
 from swarm_trainer.step import StepOptions, compute_loss, drop_captions, pil_to_pixels, tokenize
-from swarm_trainer.swarm import apply_lr, peers_in_last_round
 
 logger = get_logger(__name__)
 
@@ -75,9 +77,12 @@ class TrainStats:
 
 
 class TrainEngine:
-    """Models + hivemind.Optimizer (+ hivemind.GradScaler for fp16) on one device."""
+    """Models + a swarm backend (+ hivemind.GradScaler for fp16) on one device.
 
-    def __init__(self, *, models: SDModels, optimizer_factory, config: RunConfig, device: torch.device,
+    `backend_factory(params)` builds the backend (backend.make_backend) once the models are on their device.
+    """
+
+    def __init__(self, *, models: SDModels, backend_factory, config: RunConfig, device: torch.device,
                  precision: str = "fp32", batch_size: int = 1, lr_total_steps: int | None = None,
                  generator: torch.Generator | None = None, features: PeerFeatures = PeerFeatures(),
                  caption_seed: int | None = None):
@@ -103,8 +108,8 @@ class TrainEngine:
             from swarm_trainer.latent_cache import LatentCache
 
             self.latent_cache = LatentCache()
-        # The optimizer is created here, after the models are on their device, in the caller's (main) thread.
-        self.optimizer = optimizer_factory(self.params)
+        # The backend is created here, after the models are on their device, in the caller's (main) thread.
+        self.backend = backend_factory(self.params)
         self.grad_scaler = None
         if precision == "fp16":
             import hivemind
@@ -119,13 +124,24 @@ class TrainEngine:
 
     @config.setter
     def config(self, config: RunConfig) -> None:
-        """A new run config version (keys a running peer can apply: LR, ucg, CLIP skip, min-SNR, noise offset...)."""
         self._config = config
         self.options = StepOptions.from_config(config, precision=self.precision)
 
+    def apply_config(self, config: RunConfig) -> None:
+        """A new run config version, keys a running peer can apply (LR schedule, optimizer betas/eps/weight decay,
+        target batch, ucg, CLIP skip, min-SNR, noise offset...): the one way a live change reaches training."""
+        self.config = config
+        self.backend.apply_config(config)
+
     @property
     def local_epoch(self) -> int:
-        return self.optimizer.local_epoch
+        return self.backend.local_epoch
+
+    def scheduled_lr(self) -> float:
+        """The LR of the next step: the run's schedule at the swarm's epoch, over the decay span the coordinator
+        announced (heartbeats set lr_total_steps), else the config's own."""
+        return lr_for(self.config, epoch=self.backend.local_epoch,
+                      total_steps=self.lr_total_steps or self.config.lr_total_steps)
 
     def train_batch(self, images: Sequence, captions: Sequence[str],
                     sample_ids: Sequence[int] | None = None) -> float:
@@ -148,19 +164,19 @@ class TrainEngine:
             # handles fp16 overflow, anything else is a bug worth stopping for.
             if self.grad_scaler is None:
                 raise FloatingPointError(f"loss is {loss.item()} at local step {self.stats.local_steps}")
-        epoch_before = self.optimizer.local_epoch
-        lr = apply_lr(self.optimizer, self.config, total_steps=self.lr_total_steps)
+        lr = self.scheduled_lr()
+        self.backend.set_lr(lr)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             step_started = time.perf_counter()
-            self.optimizer.step(batch_size=len(images), grad_scaler=self.grad_scaler)
+            stepped = self.backend.step(batch_size=len(images), grad_scaler=self.grad_scaler)
             self.grad_scaler.update()
         else:
             loss.backward()
             step_started = time.perf_counter()
-            self.optimizer.step(batch_size=len(images))
+            stepped = self.backend.step(batch_size=len(images))
         finished = time.perf_counter()
-        if self.optimizer.local_epoch != epoch_before:
+        if stepped:
             metrics.AVERAGING_SECONDS.observe(finished - step_started)
             self._after_global_step()
         loss_value = float(loss.detach())
@@ -173,8 +189,8 @@ class TrainEngine:
         metrics.LR.set(lr)
         metrics.SAMPLES_PER_SECOND.set(self.stats.samples_per_s)
         metrics.LOCAL_STEP.set(self.stats.local_steps)
-        metrics.GLOBAL_EPOCH.set(self.optimizer.local_epoch)
-        metrics.PEERS_IN_LAST_ROUND.set(peers_in_last_round(self.optimizer))
+        metrics.GLOBAL_EPOCH.set(self.backend.local_epoch)
+        metrics.PEERS_IN_LAST_ROUND.set(self.backend.peers_in_last_round())
         metrics.SAMPLES_TRAINED.inc(batch_size)
         metrics.update_gpu_memory(self.device)
 
@@ -188,37 +204,24 @@ class TrainEngine:
         Skipped while nobody in the swarm has accumulated anything this epoch, so a swarm of idle peers never
         averages all-zero weights. Returns True when the tick moved this peer to a new epoch.
         """
-        optimizer = self.optimizer
-        tracker, grad_averager = optimizer.tracker, optimizer.grad_averager
-        if tracker.global_progress.samples_accumulated <= 0 and tracker.global_epoch <= optimizer.local_epoch:
+        if not self.backend.swarm_is_stepping():
             return False
-        epoch_before = optimizer.local_epoch
-        apply_lr(optimizer, self.config, total_steps=self.lr_total_steps)
-        # hivemind divides the accumulated gradients by the number of step() calls: a zero-sample call must not
-        # count, or it would dilute the real gradients this peer accumulated before it ran out of data (also when
-        # this very call runs the global step). The zero-sample accumulate inside step() adds the one back.
-        grad_averager.local_times_accumulated -= 1
-        try:
-            optimizer.step(batch_size=0, grad_scaler=self.grad_scaler)
-        finally:
-            grad_averager.local_times_accumulated = max(0, grad_averager.local_times_accumulated)
-        if optimizer.local_epoch != epoch_before:
+        self.backend.set_lr(self.scheduled_lr())
+        moved = self.backend.idle_step(grad_scaler=self.grad_scaler)
+        if moved:
             self._after_global_step()
         if self.grad_scaler is not None:
             self.grad_scaler.update()
-        metrics.GLOBAL_EPOCH.set(optimizer.local_epoch)
-        metrics.PEERS_IN_LAST_ROUND.set(peers_in_last_round(optimizer))
-        return optimizer.local_epoch != epoch_before
+        metrics.GLOBAL_EPOCH.set(self.backend.local_epoch)
+        metrics.PEERS_IN_LAST_ROUND.set(self.backend.peers_in_last_round())
+        return moved
 
     def resume(self, *, epoch: int, ema_state: dict | None = None) -> None:
         """Continue from a checkpoint (weights already loaded): its epoch, and its EMA weights when it has them.
 
         A swarm that is further along still wins: behind_swarm() then downloads the newer state from peers.
         """
-        self.optimizer.state_averager.local_epoch = epoch
-        self.optimizer.tracker.report_local_progress(epoch, 0)
-        if not self.optimizer.client_mode:
-            self.optimizer.state_averager.state_sharing_priority = epoch
+        self.backend.resume(epoch)
         if self.ema is not None and ema_state is not None:
             names = [name for name, _ in self.models.unet.named_parameters()]
             with torch.no_grad():
@@ -234,13 +237,13 @@ class TrainEngine:
         return self.ema.averaged_module(self.models.unet) if self.ema is not None else None
 
     def behind_swarm(self) -> bool:
-        """True when listening peers are already in a later epoch than this one."""
-        return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
+        """True when the swarm is already in a later epoch than this peer."""
+        return self.backend.behind_swarm()
 
     def load_state_from_peers(self) -> None:
         """Download the swarm's newest parameters and optimizer state (late joiners and laggards)."""
-        self.optimizer.load_state_from_peers()
-        metrics.GLOBAL_EPOCH.set(self.optimizer.local_epoch)
+        self.backend.load_state_from_peers()
+        metrics.GLOBAL_EPOCH.set(self.backend.local_epoch)
 
     def parameters_vector(self) -> torch.Tensor:
         """All trainable parameters flattened on CPU (tests compare peers with it)."""

@@ -1,127 +1,82 @@
-"""A peer's life: join, lease and train chunks, heartbeat, report, meet the swarm at the end barrier, save, leave.
+"""A peer's run: its state (PeerRun), the heartbeat thread, live config changes, idle ticking, signals.
 
-Threads: the main thread owns the models and the hivemind.Optimizer (created here, never elsewhere); a heartbeat
-thread keeps leases alive and tells the coordinator this peer's epoch; the dataset client's prefetcher leases and
-streams the next chunk while the current one trains. Between batches the main thread checks for SIGTERM/SIGINT.
-While it has no data (waiting for a chunk, or finished), the peer keeps ticking the optimizer with zero samples so it
-moves through epochs together with the busy peers (see TrainEngine.idle_tick).
+The phases it goes through are elsewhere, each read top to bottom: session.join (coordinator, DHT, config, models,
+backend), chunks.train (the lease path: lease -> stream -> train -> report), session.end_barrier, session.leave.
+
+Threads: the main thread owns the models and the swarm backend (created in session.join, never elsewhere); a
+heartbeat thread keeps leases alive and tells the coordinator this peer's epoch; the dataset client's prefetcher
+leases and streams the next chunk while the current one trains. Between batches the main thread checks for
+SIGTERM/SIGINT. While it has no data (waiting for a chunk, or finished), the peer keeps ticking the backend with zero
+samples so it moves through epochs together with the busy peers (see TrainEngine.idle_tick).
 """
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import torch
 
 from swarm.logs import get_logger
-from swarm.runconfig import ConfigError, RunConfig, restart_needed
-from swarm_trainer import metrics
-from swarm_trainer.coordinator_client import CoordinatorClient
-from swarm_trainer.features import PeerFeatures
+from swarm.runconfig import RunConfig, restart_needed
+from swarm.shutdown import stop_event_on_signals
+from swarm_trainer import chunks, session
 from swarm_trainer.leases import LeaseBook
-from swarm_trainer.swarm import SwarmOptions
+from swarm_trainer.options import EXIT_OK, EXIT_RESTART_NEEDED, RestartNeeded, TrainerOptions, parse_config
 
 logger = get_logger(__name__)
 
-EXIT_OK, EXIT_ERROR, EXIT_RESTART_NEEDED = 0, 1, 3
-
-
-class RestartNeeded(Exception):
-    """The coordinator's new config changes keys a running peer cannot apply."""
-
-
-@dataclass
-class TrainerOptions:
-    coordinator: str
-    token: str | None = None
-    output_dir: Path = Path("runs/train")
-    name: str = ""
-    batch_size: int = 1
-    device: str = "auto"
-    precision: str | None = None
-    swarm: SwarmOptions = field(default_factory=SwarmOptions)
-    features: PeerFeatures = field(default_factory=PeerFeatures)
-    barrier_timeout: float = 300.0
-    metrics_port: int = 9102
-    ready_file: str | None = None
-    rpc_timeout: float = 30.0
-    lease_poll_s: float = 2.0  # how often to ask again when no chunk is free yet
-    upload_checkpoints: str | None = None  # s3://bucket/prefix
-    s3_endpoint_url: str | None = None
-    wandb_project: str | None = None
-    progress: bool = True
-
-
-def parse_config(message) -> RunConfig:
-    """A RunConfig message -> RunConfig; a config this trainer does not understand is refused, never guessed."""
-    try:
-        return RunConfig.from_json(message.config_json)
-    except (ConfigError, ValueError) as e:
-        raise ConfigError(f"this trainer cannot use run config version {message.version} of run {message.run_id!r}: "
-                          f"{e}. Update swarm-diffusion, or ask the host to fix the config.") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
-
 
 class PeerRun:
+    """Everything one peer's run holds. Set in session.join unless said otherwise; None until then."""
+
     def __init__(self, options: TrainerOptions):
         self.options = options
         self.output_dir = Path(options.output_dir).resolve()
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # SIGTERM/SIGINT: finish the batch, release, save, leave
         self.leases = LeaseBook()
-        self.finished = False
-        self.chunks_reported = 0
-        self.run_complete = False
-        self.pending_config: tuple[int, RunConfig] | None = None
+        # From the coordinator's answers.
+        self.client = None  # CoordinatorClient
+        self.peer_id: str | None = None  # the DHT's peer id, registered with the coordinator
+        self.run_id: str | None = None
+        self.config: RunConfig | None = None  # the version training uses now
+        self.config_version: int | None = None  # the newest version seen (may still be pending)
+        self.pending_config: tuple[int, RunConfig] | None = None  # fetched, applied at the next chunk boundary
+        self.dataset_address: str | None = None
         self.last_heartbeat = None
-        self.dht = self.engine = self.client = self.metrics_server = self.uploader = None
-        self.peer_id = self.run_id = self.config_version = None
+        # Built by session.join.
+        self.dht = None
+        self.engine = None  # TrainEngine (models + swarm backend)
+        self.metrics_server = None
+        self.uploader = None  # CheckpointUploader with --upload-checkpoints
+        self.wandb_run = None  # with --wandb-project
+        # Progress and outcome (summary.json).
+        self.chunks_reported = 0
+        self.run_complete = False  # the coordinator said every chunk is done
+        self.finished = False  # at the end barrier (told to the coordinator in heartbeats)
         self.last_sample_epoch = 0
-        self.wandb_run = None
+        self.checkpoint: Path | None = None  # the last checkpoint saved
+        self.final_sync: str | None = None  # the final sync's outcome (endgame.final_sync)
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._last_tick = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        main_pid = os.getpid()
+        """SIGTERM/SIGINT set `stop`: the batch finishes, leases are released, a checkpoint saved, exit 0.
 
-        def handle(signum, frame):
-            if os.getpid() != main_pid:
-                # A hivemind process forked from this one (DHT, averagers) inherited the handler. SIGTERM must kill
-                # it as usual, or the parent's shutdown (which terminates it) would wait on it forever; Ctrl-C's
-                # SIGINT reaches the whole process group and is left to the parent, which still needs its DHT.
-                if signum == signal.SIGTERM:
-                    signal.signal(signum, signal.SIG_DFL)
-                    os.kill(os.getpid(), signum)
-                else:
-                    signal.signal(signum, signal.SIG_IGN)
-                return
-            logger.info(f"received {signal.Signals(signum).name}: finishing the current batch, then leaving")
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+        Processes hivemind forks from this one still die on SIGTERM (swarm.shutdown explains why that matters).
+        """
+        stop_event_on_signals(self.stop, doing="finishing the current batch, then leaving")
 
     def run(self) -> int:
-        from swarm_trainer import session
-
+        """join -> train -> end barrier -> leave (always); the process's exit code."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             session.join(self)
             if not self.stop.is_set():
-                session.train(self)
+                chunks.train(self)
             if not self.stop.is_set() and self.run_complete:
                 session.end_barrier(self)
             return EXIT_OK
@@ -178,6 +133,7 @@ class PeerRun:
         return response
 
     def register(self):
+        """Register (again) with the coordinator under the DHT's peer id."""
         from swarm_trainer.swarm import visible_multiaddrs
 
         options = self.options
@@ -207,12 +163,7 @@ class PeerRun:
             raise RestartNeeded(f"run config version {version} changes {', '.join(changed)}, which a running peer "
                                 f"cannot apply")
         self.config = new
-        self.engine.config = new
-        for group in self.engine.optimizer.opt.param_groups:
-            group.update(betas=(new.opt_betas_one, new.opt_betas_two), eps=new.opt_epsilon,
-                         weight_decay=new.opt_weight_decay)
-        self.engine.optimizer.target_batch_size = new.target_batch_size
-        self.engine.optimizer.tracker.target_batch_size = new.target_batch_size
+        self.engine.apply_config(new)
         logger.info(f"applied run config version {version}")
 
     # ---- idle ticking ----------------------------------------------------------------------------------------
@@ -236,6 +187,16 @@ class PeerRun:
                 return
             self.stop.wait(min(remaining, self.tick_interval))
 
+    def save(self) -> Path:
+        """A checkpoint of the current weights (and EMA) at the current epoch, uploaded too when asked."""
+        from swarm_trainer.checkpoints import save_checkpoint
+
+        self.checkpoint = save_checkpoint(self.engine.models, self.output_dir, epoch=self.engine.local_epoch,
+                                          keep=self.config.keep_checkpoints, ema_unet=self.engine.ema_unet())
+        if self.uploader is not None:
+            self.uploader.submit(self.checkpoint)
+        return self.checkpoint
+
     def ready_info(self) -> dict:
         return dict(peer_id=self.peer_id, metrics_port=self.metrics_server.port if self.metrics_server else None,
                     multiaddrs=[] if self.options.swarm.client_mode else
@@ -243,6 +204,3 @@ class PeerRun:
                     client_mode=self.options.swarm.client_mode, output_dir=str(self.output_dir),
                     name=self.options.name, pid=os.getpid())
 
-
-def count_report(outcome_name: str) -> None:
-    metrics.CHUNKS_REPORTED.labels(outcome_name).inc()

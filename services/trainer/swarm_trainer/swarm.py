@@ -1,11 +1,15 @@
-"""hivemind wiring: the DHT, the collaborative optimizer, compression and the LR set from the global epoch.
+"""The hivemind.Optimizer backend (synchronous gradient averaging) and what every backend shares: the DHT.
+
+`HivemindOptimizerBackend` implements backend.SwarmBackend around one hivemind.Optimizer; backend.make_backend picks
+it by run config. Everything hivemind-internal the trainer touches (progress tracker, averagers, the wrapped torch
+optimizer's param groups) is here and in endgame.py, nowhere else.
 
 Two hivemind facts shape this module:
 - hivemind.Optimizer ignores its own `client_mode` argument in places and follows the DHT's, so the same explicit
   value goes to both, and a client-mode peer is tested.
 - `Optimizer.param_groups` returns copies; the LR must be written into the wrapped torch optimizer's groups
-  (`optimizer.opt.param_groups`), and it is computed from `optimizer.local_epoch` (the swarm's epoch), never from a
-  local step count, so every peer uses the same LR at the same epoch.
+  (`optimizer.opt.param_groups`). The engine computes it from the swarm's epoch (never a local step count), so
+  every peer uses the same LR at the same epoch.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from typing import Sequence
 import torch
 
 from swarm.logs import get_logger
-from swarm.lr_schedule import lr_at_epoch
+from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
+from swarm_trainer.endgame import final_sync
 
 logger = get_logger(__name__)
 
@@ -51,8 +56,7 @@ def make_compression(name: str):
 
     State (parameters, optimizer statistics) never goes below fp16: 8-bit parameters would visibly damage the model.
     """
-    from hivemind.compression import (BlockwiseQuantization, Float16Compression, NoCompression,
-                                      SizeAdaptiveCompression)
+    from hivemind.compression import BlockwiseQuantization, Float16Compression, NoCompression, SizeAdaptiveCompression
 
     if name == "none":
         return NoCompression(), NoCompression()
@@ -89,7 +93,7 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
                    batch_size: int, options: SwarmOptions, optimizer_cls=None):
     """hivemind.Optimizer averaging gradients toward the run's target batch (use_local_updates=False).
 
-    Call it once per batch: loss.backward() (scaled by a hivemind.GradScaler for fp16), apply_lr(), step().
+    Call it once per batch: loss.backward() (scaled by a hivemind.GradScaler for fp16), set the LR, step().
 
     Must be created in the main thread (hivemind's averagers fork helpers and install signal-sensitive state).
     """
@@ -98,7 +102,7 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
 
     grad_compression, state_compression = make_compression(options.compression)
     optimizer_cls = optimizer_cls or torch.optim.AdamW
-    optimizer_factory = partial(optimizer_cls, lr=lr_at_epoch(0, **lr_kwargs(config)),
+    optimizer_factory = partial(optimizer_cls, lr=lr_for(config, epoch=0, total_steps=config.lr_total_steps),
                                 betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
                                 weight_decay=config.opt_weight_decay)
     return hivemind.Optimizer(
@@ -128,36 +132,111 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
     )
 
 
-def lr_kwargs(config: RunConfig, *, total_steps: int | None = None) -> dict:
-    return dict(base_lr=config.lr, scheduler=config.lr_scheduler, warmup_steps=config.lr_warmup_steps,
-                total_steps=config.lr_total_steps if total_steps is None else total_steps)
+class HivemindOptimizerBackend:
+    """backend.SwarmBackend over one hivemind.Optimizer: every local step accumulates gradients, the swarm averages
+    them once the run's target batch is reached (a global step, one epoch), and the peers step together."""
 
+    def __init__(self, optimizer, *, dht, run_id: str, params: Sequence[torch.nn.Parameter]):
+        self.optimizer, self.dht, self.run_id, self.params = optimizer, dht, run_id, list(params)
 
-def apply_lr(optimizer, config: RunConfig, *, total_steps: int | None = None) -> float:
-    """Set the LR of the next global step from the swarm's epoch; call right before each optimizer.step()."""
-    lr = lr_at_epoch(optimizer.local_epoch, **lr_kwargs(config, total_steps=total_steps))
-    for group in optimizer.opt.param_groups:
-        group["lr"] = lr
-    return lr
+    @property
+    def local_epoch(self) -> int:
+        return self.optimizer.local_epoch
 
+    @property
+    def swarm_epoch(self) -> int:
+        """The newest epoch the progress tracker saw among the swarm's peers."""
+        return self.optimizer.tracker.global_epoch
 
-def current_lr(optimizer) -> float:
-    return float(optimizer.opt.param_groups[0]["lr"])
+    @property
+    def client_mode(self) -> bool:
+        return self.optimizer.client_mode
 
+    @property
+    def lr(self) -> float:
+        """The LR the next step uses (what the wrapped torch optimizer holds)."""
+        return float(self.optimizer.opt.param_groups[0]["lr"])
 
-def peers_in_last_round(optimizer) -> int:
-    """Peers the progress tracker saw in the swarm's current epoch (hivemind does not expose group sizes)."""
-    try:
-        return int(optimizer.tracker.global_progress.num_peers)
-    except Exception:  # noqa: BLE001 - a metric must never stop training
-        return 0
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.opt.param_groups:
+            group["lr"] = lr
 
+    def apply_config(self, config: RunConfig) -> None:
+        """The optimizer keys a running peer may change (the LR is set before each step)."""
+        for group in self.optimizer.opt.param_groups:
+            group.update(betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
+                         weight_decay=config.opt_weight_decay)
+        self.optimizer.target_batch_size = config.target_batch_size
+        self.optimizer.tracker.target_batch_size = config.target_batch_size
 
-def shutdown(optimizer, dht) -> None:
-    """Optimizer first (it says goodbye through the DHT), then the DHT; each step logs and carries on."""
-    if optimizer is not None:
+    def step(self, *, batch_size: int, grad_scaler=None) -> bool:
+        """One local step over gradients already in the .grad buffers; True when it was a global step."""
+        epoch_before = self.optimizer.local_epoch
+        self.optimizer.step(batch_size=batch_size, grad_scaler=grad_scaler)
+        return self.optimizer.local_epoch != epoch_before
+
+    def swarm_is_stepping(self) -> bool:
+        """Somebody accumulated samples this epoch, or the swarm is ahead: an idle step would take part in a round."""
+        tracker = self.optimizer.tracker
+        return tracker.global_progress.samples_accumulated > 0 or tracker.global_epoch > self.optimizer.local_epoch
+
+    def idle_step(self, *, grad_scaler=None) -> bool:
+        """A zero-sample step (see TrainEngine.idle_tick); True when it moved this peer to a new epoch."""
+        optimizer = self.optimizer
+        grad_averager = optimizer.grad_averager
+        epoch_before = optimizer.local_epoch
+        # hivemind divides the accumulated gradients by the number of step() calls: a zero-sample call must not
+        # count, or it would dilute the real gradients this peer accumulated before it ran out of data (also when
+        # this very call runs the global step). The zero-sample accumulate inside step() adds the one back.
+        grad_averager.local_times_accumulated -= 1
         try:
-            optimizer.shutdown()
+            optimizer.step(batch_size=0, grad_scaler=grad_scaler)
+        finally:
+            grad_averager.local_times_accumulated = max(0, grad_averager.local_times_accumulated)
+        return optimizer.local_epoch != epoch_before
+
+    def resume(self, epoch: int) -> None:
+        """Continue at a checkpoint's epoch (weights already loaded), and offer that state to others at its epoch."""
+        self.optimizer.state_averager.local_epoch = epoch
+        self.optimizer.tracker.report_local_progress(epoch, 0)
+        if not self.optimizer.client_mode:
+            self.optimizer.state_averager.state_sharing_priority = epoch
+
+    def wait_for_swarm_progress(self, timeout: float) -> bool:
+        """Wait until the swarm's progress was fetched once (so behind_swarm() means something); False on timeout."""
+        return self.optimizer.tracker.fetched_global_progress_this_epoch.wait(timeout=timeout)
+
+    def behind_swarm(self) -> bool:
+        """True when listening peers are already in a later epoch than this one."""
+        return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
+
+    def load_state_from_peers(self) -> None:
+        """Download the swarm's newest parameters and optimizer state (exact: see make_optimizer)."""
+        self.optimizer.load_state_from_peers()
+
+    def final_sync(self, *, peer_id: str, participants: Sequence[tuple[str, bool]], timeout: float) -> str:
+        """Leave with the same parameters as every other finished peer (endgame.py); returns the outcome."""
+        return final_sync(optimizer=self.optimizer, dht=self.dht, run_id=self.run_id, peer_id=peer_id,
+                          participants=participants, params=self.params, timeout=timeout)
+
+    def peers_in_last_round(self) -> int:
+        """Peers the progress tracker saw in the swarm's current epoch (hivemind does not expose group sizes)."""
+        try:
+            return int(self.optimizer.tracker.global_progress.num_peers)
+        except Exception:  # noqa: BLE001 - a metric must never stop training
+            return 0
+
+    def shutdown(self) -> None:
+        self.optimizer.shutdown()
+
+def shutdown(backend, dht) -> None:
+    """The backend (or a bare hivemind.Optimizer) first: it says goodbye through the DHT; then the DHT.
+
+    Each step logs and carries on.
+    """
+    if backend is not None:
+        try:
+            backend.shutdown()
         except Exception as e:  # noqa: BLE001
             logger.warning(f"optimizer shutdown failed: {e!r}")
     if dht is not None:
