@@ -66,3 +66,28 @@ def test_directory_as_identity_path_is_refused(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "is a directory" in out.stderr
+
+
+@pytest.mark.parametrize("changes, words", [({"metrics_port": 70000}, "metrics port"),
+                                            ({"refresh_period": 0}, "refresh period must be > 0")])
+def test_settings_refuse_what_cannot_run(changes, words):
+    from swarm_bootstrap_dht.node import BootstrapSettings
+
+    with pytest.raises(ValueError, match=words):
+        BootstrapSettings(**changes)
+
+
+@pytest.mark.timeout(120)
+def test_start_in_process_serves_multiaddrs_and_stops(tmp_path):
+    from swarm_bootstrap_dht.node import BootstrapSettings, start
+
+    node = start(BootstrapSettings(identity_path=str(tmp_path / "bootstrap.key"), host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+                                   metrics_port=0, refresh_period=0.2))
+    try:
+        served = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/multiaddrs",
+                                                   timeout=5).read())
+        assert served == {"peer_id": node.peer_id, "multiaddrs": node.multiaddrs} and node.multiaddrs
+    finally:
+        node.stop()
+    node.stop()  # a second stop is a no-op
+    assert not node.dht.is_alive()
