@@ -71,7 +71,8 @@ def ours(models, images, captions, *, lr: float):
 
     from swarm.runconfig import RunConfig
     from swarm_trainer.engine import TrainEngine
-    from swarm_trainer.swarm import SwarmOptions, make_dht, make_optimizer
+    from swarm_trainer.backend import make_backend
+    from swarm_trainer.swarm import SwarmOptions, make_dht
 
     config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=1024, lr=lr, ucg=0.0,
                        target_batch_size=len(images))
@@ -79,9 +80,9 @@ def ours(models, images, captions, *, lr: float):
                            compression="none")
     dht = make_dht(initial_peers=[], options=options)
     engine = TrainEngine(models=models, config=config, device=torch.device("cpu"), batch_size=len(images),
-                         optimizer_factory=lambda params: make_optimizer(dht=dht, run_id="bench-cpu", params=params,
-                                                                         config=config, batch_size=len(images),
-                                                                         options=options))
+                         backend_factory=lambda params: make_backend(dht=dht, run_id="bench-cpu", params=params,
+                                                                     config=config, batch_size=len(images),
+                                                                     options=options))
 
     def step():
         return engine.train_batch(images, captions)
@@ -125,7 +126,7 @@ def main() -> int:
             our_s += _timed(our_step, args.steps)
         epochs = engine.local_epoch
     finally:
-        shutdown(engine.optimizer, dht)
+        shutdown(engine.backend, dht)
     samples = args.rounds * args.steps * args.batch_size
     result = {
         "benchmark": "trainer_cpu",

@@ -109,7 +109,8 @@ def main() -> int:
     from swarm.runconfig import RunConfig
     from swarm_trainer.engine import TrainEngine
     from swarm_trainer.features import PeerFeatures
-    from swarm_trainer.swarm import SwarmOptions, make_dht, make_optimizer, shutdown
+    from swarm_trainer.backend import make_backend
+    from swarm_trainer.swarm import SwarmOptions, make_dht, shutdown
 
     device = torch.device("cuda")
     images, captions = _batch(args.batch_size, 512)
@@ -154,14 +155,14 @@ def main() -> int:
         dht = make_dht(initial_peers=[], options=options)
         engine = TrainEngine(models=build_sd15(), config=config, device=device, precision="bf16",
                              batch_size=args.batch_size, features=features,
-                             optimizer_factory=lambda params: make_optimizer(
+                             backend_factory=lambda params: make_backend(
                                  dht=dht, run_id=f"bench-{label}", params=params, config=config,
                                  batch_size=args.batch_size, options=options))
         try:
             results[label] = _measure(lambda: engine.train_batch(images, captions), steps=args.steps,
                                       warmup=args.warmup, batch=args.batch_size)
         finally:
-            shutdown(engine.optimizer, dht)
+            shutdown(engine.backend, dht)
             engine = None  # frees the GPU memory before the next variant
             torch.cuda.empty_cache()
 
