@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import yaml
 
-from swarm.runconfig import ConfigError, RunConfig, load_yaml, restart_needed, validate, validate_run_id
+from swarm.runconfig import ConfigError, RunConfig, load_yaml, restart_needed, validate, validate_run_id, yaml_float
 from swarm_coordinator import db
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
@@ -79,11 +79,8 @@ def parse_assignments(pairs: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"{key}: cannot read {text!r}: {e}") from None
-        if _FIELD_TYPES[key] in ("float", float) and isinstance(value, str):
-            try:  # YAML 1.1 reads "5e-5" (no dot) as a string
-                value = float(value)
-            except ValueError:
-                pass
+        if _FIELD_TYPES[key] in ("float", float):
+            value = yaml_float(value)  # YAML 1.1 reads "5e-5" (no dot) as a string
         changes[key] = value
     return changes
 
