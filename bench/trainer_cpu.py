@@ -70,8 +70,8 @@ def ours(models, images, captions, *, lr: float):
     import torch
 
     from swarm.runconfig import RunConfig
-    from swarm_trainer.engine import TrainEngine
     from swarm_trainer.backend import make_backend
+    from swarm_trainer.engine import TrainEngine
     from swarm_trainer.swarm import SwarmOptions, make_dht
 
     config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=1024, lr=lr, ucg=0.0,

@@ -107,9 +107,9 @@ def main() -> int:
 
     from bench.trainer_cpu import _batch
     from swarm.runconfig import RunConfig
+    from swarm_trainer.backend import make_backend
     from swarm_trainer.engine import TrainEngine
     from swarm_trainer.features import PeerFeatures
-    from swarm_trainer.backend import make_backend
     from swarm_trainer.swarm import SwarmOptions, make_dht, shutdown
 
     device = torch.device("cuda")
