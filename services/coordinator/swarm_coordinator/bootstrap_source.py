@@ -42,6 +42,7 @@ class BootstrapPeersSource(threading.Thread):
         self.url, self.static, self.publish = url, list(static), publish
         self.interval, self.retry_interval, self.timeout = interval, retry_interval, timeout
         self.fetched: list[str] = []
+        self.up: bool | None = None  # whether the last fetch worked (None: none tried yet); the status page shows it
         self._stop_event = threading.Event()
 
     def fetch_once(self) -> list[str]:
@@ -56,9 +57,10 @@ class BootstrapPeersSource(threading.Thread):
                     logger.info(f"bootstrap DHT multiaddrs from {self.url}: {' '.join(fetched)}")
                 self.fetched = fetched
                 self.publish(merge_bootstrap_peers(self.static, fetched))
-                wait = self.interval
+                self.up, wait = True, self.interval
             except Exception as e:  # the bootstrap node may start after us, or restart: keep trying
                 logger.warning(f"could not fetch bootstrap multiaddrs from {self.url}: {e}")
+                self.up = False
                 wait = self.retry_interval if not self.fetched else self.interval
             self._stop_event.wait(wait)
 

@@ -10,6 +10,12 @@ import time
 from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg
 from swarm.runconfig import RESTART_KEYS
 from swarm_coordinator.settings import MAX_GRPC_WORKERS, CoordinatorSettings
+from swarm_coordinator.statuspage.settings import (
+    DEFAULT_JOIN_IMAGE,
+    DEFAULT_STATUS_PORT,
+    DEFAULT_TOKEN_CONTACT,
+    StatusPageSettings,
+)
 
 DEFAULT_DB = "./coordinator.sqlite"
 
@@ -58,6 +64,19 @@ def register(subparsers) -> None:
                    help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--ready-file", metavar="PATH",
                    help="write {grpc_address, metrics_port, ...} as JSON here once serving")
+    page = p.add_argument_group("public status page", "a read-only web page of the run for everyone (off unless "
+                                "--status-port is given): progress, charts, peers, how to join, health")
+    page.add_argument("--status-port", type=port_arg, default=None, metavar="N",
+                      help=f"serve the status page on this port, e.g. {DEFAULT_STATUS_PORT}; 0 picks a free one")
+    page.add_argument("--status-host", default="0.0.0.0", metavar="HOST",
+                      help="interface the status page listens on (default: %(default)s)")
+    page.add_argument("--public-address", type=address_arg, metavar="HOST:PORT",
+                      help="the coordinator address volunteers dial, shown in the page's join line (default: "
+                           "--listen, with HOST for a wildcard host)")
+    page.add_argument("--join-image", default=DEFAULT_JOIN_IMAGE, metavar="IMAGE",
+                      help="trainer image in the page's join line (default: %(default)s)")
+    page.add_argument("--token-contact", default=DEFAULT_TOKEN_CONTACT, metavar="TEXT",
+                      help="where newcomers ask for a join token: a URL, a chat channel (default: %(default)r)")
     p.set_defaults(func=run_coordinator)
 
     token = subparsers.add_parser("token", help="create, list and revoke join tokens",
@@ -128,13 +147,21 @@ def run_coordinator(args: argparse.Namespace) -> int:
             bootstrap_peers=tuple(args.bootstrap_peers), bootstrap_peers_url=args.bootstrap_peers_url,
             lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl, heartbeat_interval=args.heartbeat_interval,
             sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers,
-            metrics_port=args.metrics_port, ready_file=args.ready_file)
+            metrics_port=args.metrics_port, ready_file=args.ready_file, status_page=_status_page(args))
     except ValueError as e:  # ConfigError included: a bad --run-id
         raise UsageError(str(e)) from None
     try:
         return serve(settings)
     except (DatabaseInUse, OSError) as e:
         raise UsageError(str(e)) from None
+
+
+def _status_page(args: argparse.Namespace) -> StatusPageSettings | None:
+    """The status page's settings from the flags; None without --status-port (the page flags then do nothing)."""
+    if args.status_port is None:
+        return None
+    return StatusPageSettings(port=args.status_port, host=args.status_host, public_address=args.public_address,
+                              join_image=args.join_image, token_contact=args.token_contact)
 
 
 def _int64_strings_to_ints(message, data):

@@ -25,6 +25,7 @@ from swarm_coordinator import db, metrics
 from swarm_coordinator.bootstrap_source import BootstrapPeersSource
 from swarm_coordinator.servicers import SERVICE_NAME, ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, compose
 from swarm_coordinator.settings import CoordinatorSettings
+from swarm_coordinator.statuspage.live import LiveStatus, host_services
 from swarm_coordinator.store import Store
 from swarm_coordinator.sync import DatasetSync
 from swarm_coordinator.tokens import TokenChecker, create_token
@@ -37,9 +38,10 @@ class Coordinator:
     """A running coordinator (from `start`); `address` and `metrics_port` are what was actually bound."""
 
     def __init__(self, *, settings: CoordinatorSettings, store: Store, server: grpc.Server, health, address: str,
-                 metrics_port: int | None, sync: DatasetSync | None, pieces: contextlib.ExitStack):
+                 metrics_port: int | None, sync: DatasetSync | None, pieces: contextlib.ExitStack,
+                 status_port: int | None = None):
         self.settings, self.store, self.server, self.health = settings, store, server, health
-        self.address, self.metrics_port, self.sync = address, metrics_port, sync
+        self.address, self.metrics_port, self.sync, self.status_port = address, metrics_port, sync, status_port
         self._pieces = pieces
         self._stopped = False
 
@@ -111,6 +113,7 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         pieces.callback(lambda: server.stop(0))
         parts = servicer_parts(store, settings)
         pb_grpc.add_CoordinatorServicer_to_server(compose(parts.values()), server)
+        source = None
         if settings.bootstrap_peers_url:
             source = BootstrapPeersSource(settings.bootstrap_peers_url, static=settings.bootstrap_peers,
                                           publish=parts["peers"].set_bootstrap_peers)
@@ -136,13 +139,26 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
             pieces.callback(sync.stop)
         else:
             logger.warning("no --dataset given: no samples will be synced, so no chunks can be leased")
-        upkeep = Upkeep(_upkeep_tasks(store), interval=settings.upkeep_interval).start()
+        upkeep_tasks = _upkeep_tasks(store)
+        status_port = None
+        if settings.status_page is not None:
+            status = LiveStatus(store, settings=settings.status_page, coordinator_address=address,
+                                services=lambda: host_services(
+                                    dataset_up=sync.up if sync else None, bootstrap_up=source.up if source else None,
+                                    bootstrap_url=source is not None),
+                                bootstrap_addresses=lambda: parts["peers"].bootstrap_peers)
+            status_server = status.start_server()
+            pieces.callback(status_server.close)
+            upkeep_tasks.append(("status history", status.sample_if_due))
+            status_port = status_server.port
+        upkeep = Upkeep(upkeep_tasks, interval=settings.upkeep_interval).start()
         pieces.callback(upkeep.stop)
 
         coordinator = Coordinator(settings=settings, store=store, server=server, health=health, address=address,
                                   metrics_port=metrics_server.port if metrics_server else None, sync=sync,
-                                  pieces=pieces.pop_all())
-    logger.info(f"coordinator serving on {address} (metrics on port {coordinator.metrics_port})")
+                                  pieces=pieces.pop_all(), status_port=status_port)
+    logger.info(f"coordinator serving on {address} (metrics on port {coordinator.metrics_port}"
+                + (f", status page on port {status_port}" if status_port is not None else "") + ")")
     return coordinator
 
 
@@ -155,7 +171,8 @@ def serve(settings: CoordinatorSettings, *, stop: threading.Event | None = None)
     try:
         stop = stop_event_on_signals(stop, doing="stopping the coordinator")
         write_ready_file(settings.ready_file, grpc_address=coordinator.address, metrics_port=coordinator.metrics_port,
-                         config_version=coordinator.store.config.version, run_id=settings.run_id)
+                         config_version=coordinator.store.config.version, run_id=settings.run_id,
+                         status_port=coordinator.status_port)
         while not stop.wait(1.0):
             pass
     finally:

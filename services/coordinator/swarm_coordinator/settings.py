@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from swarm import cliargs
 from swarm.runconfig import RunConfig, validate_run_id
+from swarm_coordinator.statuspage.settings import StatusPageSettings
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
 MAX_GRPC_WORKERS = 256
@@ -40,6 +41,7 @@ class CoordinatorSettings:
     metrics_port: int | None = 9100  # None: no /metrics
     metrics_host: str = "0.0.0.0"
     ready_file: str | None = None  # JSON {grpc_address, metrics_port, config_version, run_id} once serving
+    status_page: StatusPageSettings | None = None  # the public read-only status page; None: not served
 
     def __post_init__(self) -> None:
         validate_run_id(self.run_id)

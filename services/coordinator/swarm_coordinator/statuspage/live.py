@@ -6,11 +6,8 @@ and history into a StatusSnapshot. The pure conversions are functions here, test
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from swarm import cliargs
 from swarm_coordinator.progress import ProgressSnapshot
 from swarm_coordinator.statuspage.api import (
     JoinInfo,
@@ -22,34 +19,8 @@ from swarm_coordinator.statuspage.api import (
     swarm_samples_per_s,
 )
 from swarm_coordinator.statuspage.history import Point
-from swarm_coordinator.statuspage.server import CACHE_S, StatusPageServer
-
-DEFAULT_STATUS_PORT = 8080
-DEFAULT_JOIN_IMAGE = "swarm-diffusion/trainer:0.1.0"
-DEFAULT_TOKEN_CONTACT = "ask the swarm's host"
-SAMPLE_INTERVAL_S = 5.0
-
-
-@dataclass(frozen=True)
-class StatusPageSettings:
-    port: int = DEFAULT_STATUS_PORT  # 0 picks a free one
-    host: str = "0.0.0.0"
-    public_address: str | None = None  # the coordinator's HOST:PORT for volunteers; None: from its listen address
-    join_image: str = DEFAULT_JOIN_IMAGE
-    token_contact: str = DEFAULT_TOKEN_CONTACT  # where a newcomer asks for a join token (a URL, a chat channel)
-    sample_interval: float = SAMPLE_INTERVAL_S
-    cache_s: float = CACHE_S
-
-    def __post_init__(self) -> None:
-        cliargs.check_port(self.port, name="status page port")
-        if self.public_address is not None and not cliargs.is_address(self.public_address):
-            raise ValueError(f"public address {self.public_address!r} is not HOST:PORT")
-        for name in ("join_image", "token_contact", "host"):
-            value = getattr(self, name)
-            if not value.strip() or len(value) > 200 or any(ord(c) < 32 for c in value):
-                raise ValueError(f"{name} must be one line of 1 to 200 characters, got {value!r}")
-        if not self.sample_interval > 0 or not self.cache_s >= 0:
-            raise ValueError("the status page's sample interval must be > 0 and its cache time >= 0")
+from swarm_coordinator.statuspage.server import StatusPageServer
+from swarm_coordinator.statuspage.settings import StatusPageSettings
 
 
 def join_address(settings: StatusPageSettings, *, bound: str) -> str:
@@ -86,14 +57,36 @@ def status_snapshot(progress: ProgressSnapshot, *, now: float, run_name: str, mo
         bootstrap_addresses=list(bootstrap_addresses))
 
 
+def host_services(*, dataset_up: bool | None, bootstrap_up: bool | None, bootstrap_url: bool) -> list[ServiceHealth]:
+    """The host services as the coordinator last saw them (it is up: it is answering).
+
+    `dataset_up`: whether the last dataset sync reached the dataset service (None: none configured);
+    `bootstrap_up`: whether the last fetch of the bootstrap DHT's /multiaddrs worked (None: not tried yet), when
+    `bootstrap_url` says the coordinator fetches them at all.
+    """
+    if dataset_up is None:
+        dataset = ServiceHealth("dataset service", None, "none configured")
+    else:
+        dataset = ServiceHealth("dataset service", dataset_up,
+                                "" if dataset_up else "the coordinator's last sync could not reach it")
+    if not bootstrap_url:
+        bootstrap = ServiceHealth("bootstrap DHT", None, "addresses given by flag; not checked")
+    elif bootstrap_up is None:
+        bootstrap = ServiceHealth("bootstrap DHT", None, "not checked yet")
+    else:
+        bootstrap = ServiceHealth("bootstrap DHT", bootstrap_up,
+                                  "" if bootstrap_up else "its /multiaddrs did not answer the coordinator")
+    return [ServiceHealth("coordinator", True), dataset, bootstrap]
+
+
 class LiveStatus:
     """The status page of one coordinator's store. `sample_if_due` is an upkeep task; `start_server` serves."""
 
     def __init__(self, store, *, settings: StatusPageSettings, coordinator_address: str,
                  services: Callable[[], Sequence[ServiceHealth]] = lambda: (),
                  bootstrap_addresses: Callable[[], Sequence[str]] = lambda: (),
-                 clock: Callable[[], float] = time.time):
-        self.store, self.settings, self.clock = store, settings, clock
+                 clock: Callable[[], float] | None = None):
+        self.store, self.settings, self.clock = store, settings, clock or store.clock
         self.join = JoinInfo(coordinator=join_address(settings, bound=coordinator_address),
                              image=settings.join_image, token_contact=settings.token_contact)
         self._services, self._bootstrap = services, bootstrap_addresses

@@ -9,6 +9,7 @@
 | `leases` | leases.py | every chunk's contents and the lease queue: grant, extend, report, release, expire |
 | `intake` | intake.py | samples synced from the dataset: sync cursor, pending samples, new chunks |
 | `peers` | peer_registry.py | the peer table and who may act for a peer |
+| `history` | status_history.py | the status page's bounded history of the run |
 
 Every change follows one pattern under the one lock: decide with the pure rules on the in-memory view, write the
 decision in one database transaction, and only after COMMIT returned apply it to memory (Transaction.on_commit). A
@@ -45,6 +46,7 @@ from swarm_coordinator.store.intake import ChunkIntake
 from swarm_coordinator.store.leases import Grant as Grant  # re-exported
 from swarm_coordinator.store.leases import LeaseBook, ReportResult
 from swarm_coordinator.store.peer_registry import PeerRegistry
+from swarm_coordinator.store.status_history import StatusHistory
 
 
 class Store:
@@ -55,6 +57,7 @@ class Store:
         self.leases = LeaseBook(lease_ttl=lease_ttl)
         self.intake = ChunkIntake(connection, configs=self.configs, leases=self.leases, clock=clock)
         self.peers = PeerRegistry(connection, peer_ttl=peer_ttl)
+        self.history = StatusHistory(connection)
         self._lock = connection.lock
         self._load()
 
@@ -74,6 +77,7 @@ class Store:
             self.peers.load(conn)
             self.intake.load(conn)
             self.configs.load(conn)
+            self.history.load(conn)
 
     def close(self) -> None:
         self.connection.close()
