@@ -22,11 +22,12 @@ def main() -> None:
         stub.RegisterPeer(pb.RegisterPeerRequest(peer_id=peer_id), metadata=metadata, timeout=10)
         leases = stub.LeaseChunks(pb.LeaseChunksRequest(peer_id=peer_id, max_chunks=2, config_version=int(version)),
                                   metadata=metadata, timeout=10).leases
-        stub.Heartbeat(pb.HeartbeatRequest(peer_id=peer_id, lease_ids=[l.lease_id for l in leases]),
+        stub.Heartbeat(pb.HeartbeatRequest(peer_id=peer_id, lease_ids=[lease.lease_id for lease in leases]),
                        metadata=metadata, timeout=10)
         tmp = f"{out_file}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"lease_ids": [l.lease_id for l in leases], "chunk_ids": [l.chunk_id for l in leases]}, f)
+            json.dump({"lease_ids": [lease.lease_id for lease in leases],
+                       "chunk_ids": [lease.chunk_id for lease in leases]}, f)
         os.replace(tmp, out_file)
         sys.stdin.read()  # mid-chunk until SIGKILL
 

@@ -1,7 +1,7 @@
 """Chaos: SIGKILL the coordinator (twice) and a peer mid-chunk while peers lease and report, restart them; audit.
 
-Real processes: `python -m swarm_launcher coordinator` on a fixed loopback port (a restarted coordinator keeps its address,
-as in production), peers as threads with real gRPC clients plus one peer process that is killed holding leases.
+Real processes: `python -m swarm_launcher coordinator` on a fixed loopback port (a restarted coordinator keeps its
+address, as in production), peers as threads with real gRPC clients plus one peer process that is killed holding leases.
 Whatever dies when: every chunk ends trained exactly max_data_epochs times, every report a peer saw COUNTED is in
 the database once, a lease granted before a kill is still honoured after the restart, and the killed peer's chunks
 go back to the queue once its leases expire.
@@ -20,7 +20,6 @@ import grpc
 import pytest
 
 from swarm.procs import free_port
-from swarm_launcher.processes import ServiceProcess, start_service
 from swarm.rpc import channel, token_metadata
 from swarm.runconfig import RunConfig
 from swarm.v1 import coordinator_pb2 as pb
@@ -28,6 +27,7 @@ from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator.audit import audit_chunks
 from swarm_coordinator.store import Store
 from swarm_coordinator.tokens import create_token
+from swarm_launcher.processes import ServiceProcess, start_service
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -89,7 +89,7 @@ def _peer(swarm: Swarm, peer_id: str) -> None:
                 answer, retried = _call(swarm, stub.ReportChunkDone, pb.ReportChunkDoneRequest(
                     peer_id=peer_id, lease_id=lease_id))
                 swarm.record(lease_id, answer.outcome, retried)
-    except Exception as e:  # reported by the test, which asserts there were none
+    except Exception as e:  # noqa: BLE001 (reported by the test, which asserts there were none)
         swarm.errors.append(f"{peer_id}: {e!r}")
 
 

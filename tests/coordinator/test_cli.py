@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from swarm_launcher.cli import main
 from swarm_coordinator.tokens import TokenChecker, create_token, hash_token, list_tokens
+from swarm_launcher.cli import main
 
 pytestmark = pytest.mark.timeout(60)
 

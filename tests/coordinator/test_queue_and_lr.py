@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_queue_matches_reference_rule_under_random_operations():
-    """Random lease/extend/report/release/expire sequences: the heap queue offers exactly what select_chunks would."""
+    """Random lease/extend/report/release/expire sequences: the heap queue offers exactly what the reference rule
+    select_chunks would, and counts data epochs and completion as data_epochs_done and run_complete do."""
     rng = random.Random(1234)
     queue = ChunkQueue()
     for cid in range(1, 41):
@@ -30,6 +31,10 @@ def test_queue_matches_reference_rule_under_random_operations():
         expected = rules.select_chunks(queue.views(), count=count, now=now, max_data_epochs=max_epochs)
         got = queue.peek_free(count, max_data_epochs=max_epochs)
         assert got == expected, f"step {step}"
+        tts = [slot.times_trained for slot in queue.chunks.values()]
+        assert queue.data_epochs_done() == rules.data_epochs_done(tts), f"step {step}"
+        for limit in (1, 2, max_epochs):
+            assert queue.run_complete(max_data_epochs=limit) == rules.run_complete(tts, max_data_epochs=limit)
         action = rng.random()
         if action < 0.5 and got:
             for cid in got[:rng.randint(1, len(got))]:
@@ -45,9 +50,8 @@ def test_queue_matches_reference_rule_under_random_operations():
             slot = queue.lease_chunk(lease_id)
             if not rules.lease_expired(slot.deadline, now=now):
                 queue.extend(lease_id, deadline=rules.extended_deadline(slot.deadline, now=now, ttl=5.0))
+    assert max(tts) >= 2  # the run went through several data epochs
     # Totals stayed consistent with the slots.
-    tts = [slot.times_trained for slot in queue.chunks.values()]
-    assert queue.data_epochs_done() == rules.data_epochs_done(tts)
     assert queue.samples_done == sum(s.n_samples * s.times_trained for s in queue.chunks.values())
     assert sum(queue.times_trained_counts.values()) == len(queue.chunks)
 
@@ -148,8 +152,9 @@ def test_peer_table_initial_peers_match_the_reference_rule_for_many_peers():
     rng = random.Random(3)
     table = PeerTable(peer_ttl=60.0)
     for i in range(500):
-        table.register(f"p{i:03d}", now=rng.uniform(0, 200), name="", multiaddrs=(f"/ip4/10.0.{i // 256}.{i % 256}/tcp/1",),
-                       client_mode=rng.random() < 0.3, batch_size=1, owner=None)
+        table.register(f"p{i:03d}", now=rng.uniform(0, 200), name="",
+                       multiaddrs=(f"/ip4/10.0.{i // 256}.{i % 256}/tcp/1",), client_mode=rng.random() < 0.3,
+                       batch_size=1, owner=None)
     views = [p.view() for p in table.all()]
     got = table.initial_peers(["/boot"], now=200.0, exclude_peer_id="p007")
     assert got == rules.initial_peers(["/boot"], views, now=200.0, peer_ttl=60.0, exclude_peer_id="p007")

@@ -120,14 +120,14 @@ def test_lease_heartbeat_report_release_over_grpc(coordinator, clock):
     lease = lambda peer, n: client.LeaseChunks(pb.LeaseChunksRequest(peer_id=peer, max_chunks=n,  # noqa: E731
                                                                      config_version=version))
     got_a = lease("a", 2)
-    assert [l.chunk_id for l in got_a.leases] == [1, 2] and list(got_a.leases[0].sample_ids) == [1, 2]
+    assert [lease.chunk_id for lease in got_a.leases] == [1, 2] and list(got_a.leases[0].sample_ids) == [1, 2]
     assert got_a.leases[0].deadline_unix_ms == int((clock.now + 60) * 1000)
     assert (got_a.leases[0].bucket_width, got_a.leases[0].bucket_height) == (64, 96)
     got_b = lease("b", 5)
-    assert [l.chunk_id for l in got_b.leases] == [3] and not got_b.run_complete
+    assert [lease.chunk_id for lease in got_b.leases] == [3] and not got_b.run_complete
 
     clock.advance(40)
-    beat = client.Heartbeat(pb.HeartbeatRequest(peer_id="a", lease_ids=[l.lease_id for l in got_a.leases],
+    beat = client.Heartbeat(pb.HeartbeatRequest(peer_id="a", lease_ids=[lease.lease_id for lease in got_a.leases],
                                                 global_epoch=6, loss=0.5, samples_per_s=3.0))
     assert all(s.valid for s in beat.leases) and beat.leases[0].deadline_unix_ms == int((clock.now + 60) * 1000)
     beat = client.Heartbeat(pb.HeartbeatRequest(peer_id="b", global_epoch=4, finished=True))
@@ -147,8 +147,8 @@ def test_lease_heartbeat_report_release_over_grpc(coordinator, clock):
     assert (progress.chunks_total, progress.chunks_queued, progress.chunks_leased, progress.chunks_done) == (3, 2, 0, 1)
     assert progress.samples_done == 2 and progress.samples_total == 6 and progress.max_data_epochs == 1
     assert {p.peer_id: p.samples_contributed for p in progress.peers} == {"a": 2, "b": 0}
-    for l in lease("b", 5).leases:
-        client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id="b", lease_id=l.lease_id))
+    for grant in lease("b", 5).leases:
+        client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id="b", lease_id=grant.lease_id))
     final = lease("a", 1)
     assert final.run_complete and not final.leases
     assert client.GetProgress(pb.GetProgressRequest()).data_epochs_done == 1
@@ -181,7 +181,8 @@ def test_metrics_and_status_output(coordinator, capsys):
     for line in ("swarm_coordinator_samples_done 2.0", "swarm_coordinator_data_epochs_done 0.0",
                  'swarm_coordinator_chunks{state="done"} 1.0', 'swarm_coordinator_chunks{state="queued"} 1.0',
                  "swarm_coordinator_peers_alive 1.0", "swarm_coordinator_config_version 1.0",
-                 'swarm_coordinator_peer_samples_contributed{name="alice",peer="peer-with-a-long-hivemind-id-1234567890"} 2.0',
+                 'swarm_coordinator_peer_samples_contributed{name="alice",'
+                 'peer="peer-with-a-long-hivemind-id-1234567890"} 2.0',
                  'swarm_coordinator_rpc_total{code="OK",method="ReportChunkDone"}',
                  'swarm_coordinator_rpc_seconds_bucket{le="0.005",method="LeaseChunks"}',
                  "swarm_coordinator_lr 0.0001", "swarm_coordinator_swarm_epoch 0.0"):

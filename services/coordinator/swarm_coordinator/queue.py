@@ -2,7 +2,8 @@
 
 It holds no I/O and no clock: callers pass `now`. The store mirrors the database into it at startup and applies a
 change here only after the database transaction committed, so the database stays the truth and this is a fast
-index over it. Its lease order is the reference rule `rules.select_chunks` (the tests check they agree).
+index over it. Its lease order, data epochs and completion are the reference rules `rules.select_chunks`,
+`data_epochs_done` and `run_complete` (the tests check they agree).
 """
 from __future__ import annotations
 
@@ -105,18 +106,13 @@ class ChunkQueue:
         chunk_id = self.leases.get(lease_id)
         return None if chunk_id is None else self.chunks[chunk_id]
 
-    def lease_is_current(self, lease_id: str, chunk_id: int) -> bool:
-        slot = self.chunks.get(chunk_id)
-        return slot is not None and slot.lease_id == lease_id
-
-    def leased_count(self, *, now: float) -> int:
-        return sum(1 for chunk_id in self.leases.values() if not lease_expired(self.chunks[chunk_id].deadline, now=now))
-
     def peer_leases(self, peer_id: str) -> list[str]:
         return [lease_id for lease_id, chunk_id in self.leases.items() if self.chunks[chunk_id].peer_id == peer_id]
 
     def views(self) -> list[ChunkView]:
-        return [ChunkView(s.chunk_id, s.times_trained, s.deadline if s.lease_id else None) for s in self.chunks.values()]
+        """Every chunk as the reference rule rules.select_chunks sees it (for the tests that compare the two)."""
+        return [ChunkView(s.chunk_id, s.times_trained, s.deadline if s.lease_id else None)
+                for s in self.chunks.values()]
 
     # -------------------------------------------------------------------------------------------- changes
 

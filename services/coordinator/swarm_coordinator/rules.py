@@ -1,6 +1,10 @@
 """The coordinator's protocol rules as pure functions: no clock, no database, no gRPC.
 
-The store (store.py) and the in-memory lease queue (queue.py) apply these rules; the unit tests check each rule alone.
+The store (store/) and the in-memory lease queue (queue.py) apply these rules; the unit tests check each rule alone.
+A few rules are reference models: `select_chunks`, `data_epochs_done`, `run_complete` and `swarm_epochs` define in
+plain O(n) code what queue.ChunkQueue and peers.PeerTable compute incrementally on the hot path. Production calls the
+indexed versions; tests/coordinator/test_queue_and_lr.py drives those through random operations and checks them
+against these after every step, so a rule change is made here first and the index must follow.
 The 2022 chunk server got every one of these wrong at least once (see REFERENCE.md): asking for one task returned
 none, asking for more than was free failed, late reports counted twice, and dead peers stayed in the peer list.
 """
@@ -59,7 +63,7 @@ def select_chunks(chunks: Iterable[ChunkView], *, count: int, now: float, max_da
     """Ids of up to `count` leasable chunks, least-trained first, ties broken by chunk id.
 
     Asking for more than is free returns what is free (possibly nothing); asking for 1 returns 1 when any is free.
-    This is the reference rule; ChunkQueue implements the same order with heaps (and is tested against this).
+    Reference model: ChunkQueue.peek_free implements the same order with heaps (and is tested against this).
     """
     if count <= 0:
         return []
@@ -165,6 +169,7 @@ class SwarmEpochs:
 
 
 def swarm_epochs(peers: Iterable[PeerView], *, now: float, peer_ttl: float) -> SwarmEpochs:
+    """Epochs and counts over live peers. Reference model of PeerTable.epochs (kept counted per heartbeat there)."""
     live = [p for p in peers if peer_alive(p.last_seen, now=now, peer_ttl=peer_ttl)]
     if not live:
         return SwarmEpochs(0, 0, 0, 0)
@@ -204,12 +209,16 @@ def cut_chunks(pending: Mapping[Bucket, Sequence[int]], new_samples: Iterable[tu
 
 
 def data_epochs_done(times_trained: Iterable[int]) -> int:
-    """Complete passes over the dataset: the least-trained chunk's count (0 with no chunks)."""
+    """Complete passes over the dataset: the least-trained chunk's count (0 with no chunks).
+
+    Reference model of ChunkQueue.data_epochs_done (kept counted there)."""
     return min(times_trained, default=0)
 
 
 def run_complete(times_trained: Iterable[int], *, max_data_epochs: int) -> bool:
-    """Every chunk reached the data-epoch limit. Never true without chunks: an empty dataset is not a finished run."""
+    """Every chunk reached the data-epoch limit. Never true without chunks: an empty dataset is not a finished run.
+
+    Reference model of ChunkQueue.run_complete."""
     counts = list(times_trained)
     return bool(counts) and min(counts) >= max_data_epochs
 
@@ -252,7 +261,8 @@ def check_multiaddrs(multiaddrs: Sequence[str]) -> tuple[str, ...]:
         raise InvalidRequest(f"{len(multiaddrs)} multiaddrs announced; send at most {MAX_MULTIADDRS}")
     for addr in multiaddrs:
         if not addr.startswith("/") or len(addr) > 512 or any(ch.isspace() for ch in addr):
-            raise InvalidRequest(f"multiaddr {addr[:80]!r} is not valid: expected e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm...")
+            raise InvalidRequest(f"multiaddr {addr[:80]!r} is not valid: expected e.g. "
+                                 f"/ip4/1.2.3.4/tcp/31337/p2p/Qm...")
     return tuple(dict.fromkeys(multiaddrs))
 
 
