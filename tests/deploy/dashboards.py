@@ -80,7 +80,8 @@ def substitute_variables(expr: str, *, scrape_interval_s: float, range_s: float 
     def replace(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
         if name not in values:
-            raise KeyError(f"unknown Grafana variable ${name} in {expr!r}: give it a value in tests/deploy/dashboards.py")
+            raise KeyError(f"unknown Grafana variable ${name} in {expr!r}: "
+                           "give it a value in tests/deploy/dashboards.py")
         return values[name]
 
     return _VARIABLE.sub(replace, expr)

@@ -182,3 +182,35 @@ def test_every_variable_the_compose_file_reads_is_documented_in_example_env():
     documented = set(re.findall(r"^(\w+)=", EXAMPLE_ENV.read_text(), flags=re.M))
     assert used - documented == set(), f"add these to deploy/example.env: {sorted(used - documented)}"
     assert documented - used == set(), f"example.env sets variables compose never reads: {sorted(documented - used)}"
+
+
+def test_restart_and_init_policies(compose):
+    services = compose["services"]
+    # A trainer that finished its run exits 0 and must stay down; a crashed one comes back.
+    assert services["trainer"]["restart"] == "on-failure"
+    for name in LONG_RUNNING - {"trainer"}:
+        assert services[name]["restart"] == "unless-stopped", name
+    for name in SWARM_SERVICES:
+        assert services[name].get("init") is True, f"{name}: hivemind's children need a reaping PID 1"
+
+
+def test_ci_override_builds_everything_here_and_leaves_grafana_out():
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed: `make test-deps` installs Debian's docker-compose package")
+    result = subprocess.run([binary, "--env-file", str(EXAMPLE_ENV), "-f", str(COMPOSE_FILE), "-f",
+                             str(REPO / "deploy" / "compose.ci.yml"), "--profile", "gpu", "--profile", "ingest",
+                             "config"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    # Every image is either built here or one of ours; none has to be pulled from a registry.
+    for name, service in services.items():
+        if name == "grafana":
+            assert service["profiles"] == ["grafana"], "Grafana cannot be pulled here: it stays off"
+            continue
+        assert "build" in service or service["image"].startswith(("swarm-ci/", "swarm-diffusion/")), name
+        if "build" in service:
+            assert service["build"]["args"]["PYTHON_IMAGE"] == "swarm-ci/python:3.11-bookworm", name
+    assert services["trainer"]["build"]["args"]["TORCH_FLAVOR"] == "cpu"
+    for name in ("coordinator", "dataset", "bootstrap-dht", "trainer"):
+        assert services[name]["build"]["args"]["TORCH_PIP_ARGS"] == "--find-links /wheels", name

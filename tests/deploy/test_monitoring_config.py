@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.dashboards import (DASHBOARDS, REPO, dashboard_files, iter_panels, load_dashboard, metric_names,
-                                     panel_queries, substitute_variables)
+from tests.deploy.dashboards import (
+    DASHBOARDS,
+    REPO,
+    dashboard_files,
+    iter_panels,
+    load_dashboard,
+    metric_names,
+    panel_queries,
+    substitute_variables,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,7 +93,8 @@ def test_dashboard_is_well_formed(path):
     dashboard = load_dashboard(path)
     assert dashboard["uid"] == path.stem and dashboard["title"]
     panels = list(iter_panels(dashboard))
-    ids = [p["id"] for p in dashboard["panels"]] + [p["id"] for row in dashboard["panels"] for p in row.get("panels", [])]
+    ids = [p["id"] for p in dashboard["panels"]]
+    ids += [p["id"] for row in dashboard["panels"] for p in row.get("panels", [])]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
         grid = panel["gridPos"]

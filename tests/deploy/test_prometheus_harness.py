@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from swarm_launcher.processes import start_service
 from swarm.rpc import channel, token_metadata
 from swarm.v1 import coordinator_pb2, coordinator_pb2_grpc
+from swarm_launcher.processes import start_service
 from tests.deploy.dashboards import alert_expressions, metric_family, metric_names, panel_queries, substitute_variables
 from tests.e2e.prometheus_server import PrometheusUnavailable, running_prometheus
 
