@@ -58,7 +58,7 @@ class BootstrapPeersSource(threading.Thread):
                 self.fetched = fetched
                 self.publish(merge_bootstrap_peers(self.static, fetched))
                 self.up, wait = True, self.interval
-            except Exception as e:  # the bootstrap node may start after us, or restart: keep trying
+            except Exception as e:  # noqa: BLE001 (the bootstrap node may start after us, or restart: keep trying)
                 logger.warning(f"could not fetch bootstrap multiaddrs from {self.url}: {e}")
                 self.up = False
                 wait = self.retry_interval if not self.fetched else self.interval
