@@ -29,6 +29,7 @@ class HostServices:
     bootstrap_maddrs: list[str] = field(default_factory=list)
     coordinator_address: str = ""
     dataset_address: str = ""
+    status_url: str = ""  # the coordinator's public status page; empty when it serves none
 
     @property
     def processes(self) -> list[ServiceProcess]:
@@ -56,8 +57,12 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
                dataset_port: int = 50052, dht_port: int = 31337, dht_announce_maddrs: list[str] | None = None,
                metrics_ports: tuple[int, int, int] = (9100, 9101, 9103), lease_ttl: float | None = None,
                peer_ttl: float | None = None, heartbeat_interval: float | None = None,
+               status_port: int | None = 8080, token_contact: str | None = None,
                ready_timeout: float = 120.0) -> HostServices:
-    """Start bootstrap DHT, coordinator and dataset service; return once all three serve."""
+    """Start bootstrap DHT, coordinator and dataset service; return once all three serve.
+
+    `status_port` (None: off, 0: a free one) is the coordinator's public status page.
+    """
     # The coordinator and the dataset service each need the other's address before either is up, so port 0 is
     # resolved to a free port here rather than by the services themselves.
     coordinator_port = coordinator_port or free_port()
@@ -88,13 +93,18 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
             "--bootstrap-peers-url", f"http://127.0.0.1:{bootstrap.info['metrics_port']}/multiaddrs",
         ]
         for flag, value in (("--config", config_path), ("--lease-ttl", lease_ttl), ("--peer-ttl", peer_ttl),
-                            ("--heartbeat-interval", heartbeat_interval)):
+                            ("--heartbeat-interval", heartbeat_interval), ("--status-port", status_port),
+                            ("--token-contact", token_contact)):
             if value is not None:
                 coordinator_args += [flag, str(value)]
+        if status_port is not None and public_host:  # the page's join line shows the address volunteers dial
+            coordinator_args += ["--public-address", f"{public_host}:{coordinator_port}"]
         coordinator = start_service("coordinator", coordinator_args, workdir=logs)
         started.append(coordinator)
         coordinator_address = _connect_address(coordinator.wait_ready(timeout=ready_timeout)["grpc_address"],
                                                "127.0.0.1")
+        page_port = coordinator.info.get("status_port")
+        status_url = f"http://{_connect_address(f'{bind_host}:{page_port}', public_host)}/" if page_port else ""
         dataset = start_service("dataset", [
             "dataset", "serve", "--listen", f"{bind_host}:{dataset_port}", "--index", index_path,
             "--storage", storage, "--coordinator", coordinator_address, "--metrics-port", str(dataset_metrics),
@@ -108,7 +118,7 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         raise
     return HostServices(workdir=workdir, bootstrap=bootstrap, coordinator=coordinator, dataset=dataset,
                         bootstrap_maddrs=maddrs, coordinator_address=coordinator_address,
-                        dataset_address=dataset_address)
+                        dataset_address=dataset_address, status_url=status_url)
 
 
 def register(subparsers) -> None:
@@ -132,6 +142,11 @@ def register(subparsers) -> None:
     p.add_argument("--dataset-port", type=port_arg, default=50052)
     p.add_argument("--dht-port", type=port_arg, default=31337, help="TCP port of the bootstrap DHT (forward it)")
     p.add_argument("--dht-announce-maddrs", nargs="*", help="public multiaddrs of the bootstrap DHT")
+    p.add_argument("--status-port", type=port_arg, default=8080,
+                   help="port of the public, read-only status page (default: %(default)s)")
+    p.add_argument("--no-status-page", action="store_true", help="serve no status page")
+    p.add_argument("--token-contact", metavar="TEXT",
+                   help="where newcomers ask for a join token (a URL, a chat channel), shown on the status page")
     p.add_argument("--ready-file", help="write the addresses as JSON once every service serves")
     p.set_defaults(func=run)
 
@@ -151,16 +166,20 @@ def run(args: argparse.Namespace) -> int:
                           storage=args.storage, s3_endpoint_url=args.s3_endpoint_url, bind_host=args.bind_host,
                           public_host=args.public_host, coordinator_port=args.coordinator_port,
                           dataset_port=args.dataset_port, dht_port=args.dht_port,
-                          dht_announce_maddrs=args.dht_announce_maddrs)
+                          dht_announce_maddrs=args.dht_announce_maddrs,
+                          status_port=None if args.no_status_page else args.status_port,
+                          token_contact=args.token_contact)
     except (RuntimeError, TimeoutError) as e:  # a service that would not start says why in its log tail
         logger.error(f"the host services did not start: {e}")
         return 1
     except KeyboardInterrupt:  # start_host already stopped whatever it had started
         return 0
     write_ready_file(args.ready_file, coordinator=host.coordinator_address, dataset=host.dataset_address,
-                     bootstrap_maddrs=host.bootstrap_maddrs, metrics_ports=host.metrics_ports())
+                     bootstrap_maddrs=host.bootstrap_maddrs, metrics_ports=host.metrics_ports(),
+                     status_url=host.status_url)
     print(f"swarm host is up.\n  coordinator: {host.coordinator_address}\n  dataset:     {host.dataset_address}\n"
           f"  bootstrap:   {' '.join(host.bootstrap_maddrs)}\n"
+          + (f"  status page: {host.status_url}\n" if host.status_url else "") +
           f"Create a join token:  swarm token create --db {host.workdir / 'coordinator.sqlite'} --name NAME\n"
           f"Peers join with:      swarm train --coordinator "
           f"{args.public_host or 'HOST'}:{host.coordinator_address.rpartition(':')[2]} "

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -36,7 +37,8 @@ def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes)
     subprocess.run([sys.executable, "-m", "swarm_launcher", "ingest", str(tmp_path / "images"), "--index",
                     str(data_dir / "dataset.sqlite"), "--no-progress"], check=True, capture_output=True, timeout=300)
     host = start_service("host", ["host", "--data-dir", str(data_dir), "--bind-host", "127.0.0.1",
-                                  "--coordinator-port", "0", "--dataset-port", "0", "--dht-port", "0"],
+                                  "--coordinator-port", "0", "--dataset-port", "0", "--dht-port", "0",
+                                  "--status-port", "0"],
                          workdir=tmp_path)
     processes.append(host)
     info = host.wait_ready(timeout=120)
@@ -55,6 +57,10 @@ def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes)
     # Zeros are printed, and int64 counters are numbers, not proto3-JSON strings.
     assert progress["samples_total"] == 28 and progress["max_data_epochs"] == 10
     assert progress["peers_alive"] == 0 and progress["samples_done"] == 0
+    # The public status page (tests/statuspage has its browser tests) serves the same run.
+    with urllib.request.urlopen(f"{info['status_url']}api/status", timeout=10) as response:
+        page = json.loads(response.read())
+    assert page["run"]["samples_per_data_epoch"] == 28 and page["run"]["max_data_epochs"] == 10
 
     children = [json.loads((data_dir / "logs" / f"{name}.ready.json").read_text())["pid"]
                 for name in ("bootstrap-dht", "coordinator", "dataset")]
