@@ -32,8 +32,8 @@ def test_export_loads_back_with_from_single_file_and_matches(checkpoint, tmp_pat
 
     folder, models = checkpoint
     out = tmp_path / "model.safetensors"
-    result = subprocess.run([sys.executable, "-m", "swarm_launcher", "export", str(folder), str(out)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "swarm_launcher", "export", str(folder), str(out)],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     keys = load_file(str(out)).keys()
     assert any(k.startswith("model.diffusion_model.input_blocks.") for k in keys)
