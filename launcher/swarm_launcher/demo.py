@@ -75,12 +75,13 @@ def prepare_demo_data(workdir: Path, run_config: dict[str, Any]) -> tuple[Path, 
 
 
 def start_demo_host(workdir: Path, config_path: Path, index: Path, objects: str, *, lease_ttl: float = 120,
-                    peer_ttl: float = 60):
+                    peer_ttl: float = 60, status_port: int | None = 0):
     from swarm_launcher.host import start_host
 
     return start_host(workdir / "host", config_path=str(config_path), run_id="demo", index_path=str(index),
                       storage=objects, bind_host="127.0.0.1", coordinator_port=0, dataset_port=0, dht_port=0,
-                      metrics_ports=(0, 0, 0), lease_ttl=lease_ttl, peer_ttl=peer_ttl, heartbeat_interval=2)
+                      metrics_ports=(0, 0, 0), lease_ttl=lease_ttl, peer_ttl=peer_ttl, heartbeat_interval=2,
+                      status_port=status_port)
 
 
 def start_demo_trainer(workdir: Path, index: int, *, coordinator: str, token: str, client_mode: bool = False,
@@ -108,6 +109,8 @@ def run_demo(workdir: str | Path, *, trainers: int = 2, config: dict[str, Any] |
     run_config = {**DEMO_CONFIG, **(config or {})}
     config_path, index, objects, n_images = prepare_demo_data(workdir, run_config)
     host = start_demo_host(workdir, config_path, index, objects)
+    if host.status_url:
+        logger.info(f"status page: {host.status_url} (open it while the swarm trains)")
     peers: list[ServiceProcess] = []
     try:
         token = create_token(str(host.workdir / "coordinator.sqlite"), name="demo-trainers")
