@@ -118,6 +118,7 @@ function fillSampleGrid(doc) {
 function render(doc) {
   state.last = doc;
   state.generatedAt = doc.generated_at;
+  document.body.dataset.generatedAt = String(doc.generated_at);  // which document is shown (tools, tests)
   document.title = `${doc.run.name}: swarm status`;
   fillFields(doc);
   const percent = Math.round(doc.run.progress * 1000) / 10;
