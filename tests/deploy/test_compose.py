@@ -169,7 +169,7 @@ def test_public_ports_are_the_ones_peers_need(compose):
     def published(name: str) -> dict[int, str]:
         return _ports(services[name])
 
-    assert published("coordinator") == {50051: "0.0.0.0"}
+    assert published("coordinator") == {50051: "0.0.0.0", 8080: "0.0.0.0"}  # gRPC, and the public status page
     assert published("dataset") == {50052: "0.0.0.0"}
     assert published("bootstrap-dht") == {31337: "0.0.0.0"}
     # Storage and Prometheus have no authentication worth the name: loopback only by default.
