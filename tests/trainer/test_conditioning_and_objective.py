@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from swarm_trainer.model import build_tiny, make_noise_scheduler, prepare_for_training, trainable_parameters
-from swarm_trainer.step import (StepOptions, compute_loss, diffusion_loss, drop_captions, encode_text,
-                                final_layer_norm, min_snr_weights, pil_to_pixels, sample_noise, tokenize)
+from swarm_trainer.step import (
+    StepOptions,
+    compute_loss,
+    diffusion_loss,
+    drop_captions,
+    encode_text,
+    final_layer_norm,
+    min_snr_weights,
+    pil_to_pixels,
+    sample_noise,
+    tokenize,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from swarm.runconfig import ConfigError, RunConfig
-from swarm_trainer.features import (configure_attention, configure_gradient_checkpointing, optimizer_class,
-                                    xformers_available)
+from swarm_trainer.features import (
+    configure_attention,
+    configure_gradient_checkpointing,
+    optimizer_class,
+    xformers_available,
+)
 from swarm_trainer.model import build_tiny, prepare_for_training
 from swarm_trainer.step import compute_loss, pil_to_pixels, tokenize
 

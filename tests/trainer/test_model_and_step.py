@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from swarm_trainer.model import build_tiny, prepare_for_training, tiny_tokenizer_vocab, trainable_parameters
-from swarm_trainer.step import (StepOptions, compute_loss, encode_latents, pil_to_pixels, tokenize,
-                                training_target)
+from swarm_trainer.step import StepOptions, compute_loss, encode_latents, pil_to_pixels, tokenize, training_target
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,10 +10,10 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_resume_restores_weights_epoch_lr_and_ema(tmp_path, tiny_images):
+    from swarm_trainer.backend import make_backend
     from swarm_trainer.checkpoints import resume, save_checkpoint
     from swarm_trainer.engine import TrainEngine
     from swarm_trainer.model import build_tiny
-    from swarm_trainer.backend import make_backend
     from swarm_trainer.swarm import SwarmOptions, make_dht, shutdown
 
     config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=64, target_batch_size=64, use_ema=True,

@@ -31,7 +31,8 @@ def test_checkpoint_folders_are_uploaded_in_the_background(tmp_path, moto_endpoi
     assert uploader.close(timeout=60)
     assert uploader.uploaded == [str(folder)] and uploader.failed == []
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="ckpts")["Contents"])
-    assert keys == ["run-1/epoch-000002/model_index.json", "run-1/epoch-000002/unet/diffusion_pytorch_model.safetensors"]
+    assert keys == ["run-1/epoch-000002/model_index.json",
+                    "run-1/epoch-000002/unet/diffusion_pytorch_model.safetensors"]
     body = s3.get_object(Bucket="ckpts", Key=keys[1])["Body"].read()
     assert body == b"\x00" * 1000
 

@@ -19,8 +19,9 @@ logger = get_logger(__name__)
 
 def train(run) -> None:
     """Train leased chunks until the run is complete or we are stopped."""
-    from swarm_dataset.client import ChunkPrefetcher
     from tqdm import tqdm
+
+    from swarm_dataset.client import ChunkPrefetcher
 
     engine, options = run.engine, run.options
     bar = tqdm(desc=f"peer {options.name or run.peer_id[-8:]}", unit="sample", file=sys.stderr, mininterval=1.0,

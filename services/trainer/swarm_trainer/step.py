@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as functional
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -161,8 +161,8 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
     target = training_target(noise_scheduler, latents, noise, timesteps)
     model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
     if options.min_snr_gamma <= 0:
-        return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
-    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return functional.mse_loss(model_pred.float(), target.float(), reduction="mean")
+    per_sample = functional.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * min_snr_weights(noise_scheduler, timesteps, options.min_snr_gamma)).mean()
 
 
