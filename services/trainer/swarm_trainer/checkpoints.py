@@ -1,8 +1,11 @@
 """Checkpoints: diffusers pipeline folders (StableDiffusionPipeline loads them) under OUTPUT/checkpoints/.
 
 OUTPUT/checkpoints/epoch-NNNNNN/ holds model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (no
-safety checker). A folder is written under a temporary name and renamed when complete, so a crash never leaves a
-half checkpoint that looks whole, and only the newest `keep` are kept: the 2022 trainer filled disks.
+safety checker). A folder is written under a temporary name (.tmp-epoch-NNNNNN), fsynced, and renamed into place when
+complete, so neither a crash nor a power cut leaves a half checkpoint that looks whole; a failed save (disk full)
+removes its temporary folder and leaves every older checkpoint as it was. Replacing a checkpoint of the same epoch
+moves the old one aside (.old-epoch-NNNNNN) and removes it only once the new one is in place. Only the newest `keep`
+are kept: the 2022 trainer filled disks.
 """
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ import re
 import shutil
 from pathlib import Path
 
+from swarm.durable import fsync_path, fsync_tree
 from swarm.logs import get_logger
 
 logger = get_logger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{6,})$")
+TMP_PREFIX = ".tmp-"  # a save in progress (or interrupted): never a checkpoint
+OLD_PREFIX = ".old-"  # a checkpoint being replaced by a new save of the same epoch
 
 
 def checkpoint_dir(output_dir: str | Path, epoch: int) -> Path:
@@ -43,10 +49,11 @@ def prune_checkpoints(output_dir: str | Path, *, keep: int) -> list[Path]:
     """Delete all but the newest `keep` checkpoints (and leftovers of interrupted saves); returns what went."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    recover_interrupted(output_dir)
     removed = [path for _, path in list_checkpoints(output_dir)[:-keep]]
     root = Path(output_dir) / "checkpoints"
     if root.is_dir():
-        removed += [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+        removed += [p for p in root.iterdir() if p.name.startswith(TMP_PREFIX)]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
         logger.info(f"removed old checkpoint {path}")
@@ -74,19 +81,50 @@ def save_pipeline(models, folder: str | Path, *, ema_unet=None) -> Path:
     return Path(folder)
 
 
+def recover_interrupted(output_dir: str | Path) -> None:
+    """Undo what a crash in the middle of replacing a checkpoint left: an .old- folder whose new version never got
+    into place goes back; one whose new version is in place is removed."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return
+    for old in root.iterdir():
+        if not old.name.startswith(OLD_PREFIX):
+            continue
+        final = root / old.name[len(OLD_PREFIX):]
+        if (final / "model_index.json").exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            old.rename(final)
+            logger.warning(f"restored checkpoint {final} (a save that replaced it was interrupted)")
+
+
 def save_checkpoint(models, output_dir: str | Path, *, epoch: int, keep: int, ema_unet=None,
                     extra_files: dict[str, bytes] | None = None) -> Path:
-    """Save the models as checkpoints/epoch-NNNNNN (replacing one of the same epoch), then prune to `keep`."""
+    """Save the models as checkpoints/epoch-NNNNNN (replacing one of the same epoch), then prune to `keep`.
+
+    Raises when the save fails (disk full, say: OSError, or safetensors' own error); the temporary folder is removed
+    and every checkpoint saved before stays whole.
+    """
     final = checkpoint_dir(output_dir, epoch)
-    tmp = final.parent / f".tmp-{final.name}"
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}"
+    old = final.parent / f"{OLD_PREFIX}{final.name}"
+    recover_interrupted(output_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    save_pipeline(models, tmp, ema_unet=ema_unet)
-    for name, data in (extra_files or {}).items():
-        (tmp / name).write_bytes(data)
+    try:
+        save_pipeline(models, tmp, ema_unet=ema_unet)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        fsync_tree(tmp)  # the contents reach the disk before the name that says they are complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
-        shutil.rmtree(final)
+        final.rename(old)
     tmp.rename(final)
+    fsync_path(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
     logger.info(f"saved checkpoint {final}")
     prune_checkpoints(output_dir, keep=keep)
     return final.resolve()
@@ -122,6 +160,7 @@ def load_weights(models, folder: str | Path, *, text_encoder: bool = False) -> d
 
 def resume(models, output_dir: str | Path, *, text_encoder: bool = False) -> tuple[int, Path, dict | None] | None:
     """`swarm train` resumes from its newest checkpoint: (epoch, folder, EMA state or None), or None if none."""
+    recover_interrupted(output_dir)
     found = latest_checkpoint(output_dir)
     if found is None:
         return None

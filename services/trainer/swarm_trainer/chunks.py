@@ -157,11 +157,19 @@ def release_leases(run, lease_ids=()) -> None:
 
 
 def _maybe_save_periodic(run, last_saved_epoch: int) -> int:
-    """A checkpoint every save_every_epochs global epochs; returns the epoch last saved at."""
+    """A checkpoint every save_every_epochs global epochs; returns the epoch last saved at (or tried to).
+
+    A failed save (disk full, say) logs and training goes on: the swarm needs this peer's gradients more than its
+    checkpoint, the older checkpoints stay whole, and the next period tries again.
+    """
     every = run.config.save_every_epochs
     epoch = run.engine.local_epoch
     if every > 0 and epoch // every > last_saved_epoch // every:
-        run.save()
+        try:
+            run.save()
+        except Exception as e:  # noqa: BLE001 - any failure to save must leave training running
+            logger.error(f"saving the checkpoint at epoch {epoch} failed ({e!r}); training on, the next save is "
+                         f"at epoch {(epoch // every + 1) * every}")
         return epoch
     return last_saved_epoch
 
