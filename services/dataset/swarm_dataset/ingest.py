@@ -28,19 +28,28 @@ from swarm_dataset.pairing import (
     CaptionError,
     CaptionOptions,
     Pair,
+    check_caption_file_size,
     image_signature,
     join_signature,
     pair_files,
     read_caption,
     split_signature,
 )
-from swarm_dataset.storage import BadKeyError, LocalStorage, S3Storage, StorageError, content_key
+from swarm_dataset.storage import (
+    BadKeyError,
+    LinkOutsideError,
+    LocalStorage,
+    S3Storage,
+    StorageError,
+    content_key,
+)
 from swarm_dataset.validate import Rejection, ValidationLimits, check_image
 
 logger = get_logger(__name__)
 
 READ_ERROR = "read_error"
 BAD_KEY = "bad_key"
+LINK_OUTSIDE = "link_outside_source"  # a symbolic link out of the source folder
 DUPLICATE = "duplicate"
 INTERNAL_ERROR = "internal_error"
 
@@ -147,6 +156,7 @@ class _Ingester:
     def caption(self, pair: Pair) -> str:
         if pair.caption is None:
             raise CaptionError(NO_CAPTION, f"no caption beside {pair.image.key} (expected a .txt or .json file)")
+        check_caption_file_size(pair.caption.size, key=pair.caption.key, options=self.options.captions)
         return read_caption(self.source.get(pair.caption.key), key=pair.caption.key, options=self.options.captions)
 
     def process(self, pair: Pair, signature: str, caption_only: bool) -> _Outcome:
@@ -188,6 +198,8 @@ class _Ingester:
                                   version=pair.image.version, signature=signature)
         except CaptionError as e:
             outcome.reason, outcome.detail = e.reason, e.detail
+        except LinkOutsideError as e:
+            outcome.reason, outcome.detail = LINK_OUTSIDE, str(e)
         except BadKeyError as e:
             outcome.reason, outcome.detail = BAD_KEY, str(e)
         except (StorageError, KeyError) as e:

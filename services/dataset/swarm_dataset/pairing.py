@@ -26,6 +26,11 @@ CAPTION_WITHOUT_IMAGE = "caption_without_image"
 NOT_IMAGE_OR_CAPTION = "not_an_image_or_caption"
 EMPTY_CAPTION = "empty_caption"
 BAD_CAPTION = "bad_caption"
+CAPTION_TOO_LARGE = "caption_too_large"
+# Caps: a caption file is read whole into memory and the caption is stored in the index and sent with every sample.
+# A Danbooru post's JSON is a few KB and a long written caption about 2,000 characters.
+MAX_CAPTION_FILE_BYTES = 1 << 20
+MAX_CAPTION_CHARS = 4096
 
 
 class CaptionError(ValueError):
@@ -41,6 +46,13 @@ class CaptionOptions:
     joiner: str = DEFAULT_JOINER
     underscores_to_spaces: bool = True  # Danbooru writes "long_hair"; prompts say "long hair"
     allow_empty: bool = False
+    max_file_bytes: int = MAX_CAPTION_FILE_BYTES  # a larger caption file is skipped unread
+    max_chars: int = MAX_CAPTION_CHARS  # a longer caption (after tidying) is skipped, never cut
+
+    def __post_init__(self):
+        if self.max_file_bytes < 1 or self.max_chars < 1:
+            raise ValueError(f"caption caps must be >= 1, got max_file_bytes={self.max_file_bytes} "
+                             f"max_chars={self.max_chars}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +180,20 @@ def caption_from_json(data: bytes, *, name: str = "caption", options: CaptionOpt
     return caption
 
 
+def check_caption_file_size(size: int, *, key: str, options: CaptionOptions = CaptionOptions()) -> None:
+    """Refuse a caption file over the cap before (and after) reading it."""
+    if size > options.max_file_bytes:
+        raise CaptionError(CAPTION_TOO_LARGE, f"{key} is {size} bytes, over the {options.max_file_bytes}-byte cap on "
+                                              f"caption files")
+
+
 def read_caption(data: bytes, *, key: str, options: CaptionOptions = CaptionOptions()) -> str:
+    check_caption_file_size(len(data), key=key, options=options)
     if key.lower().endswith(".json"):
-        return caption_from_json(data, name=key, options=options)
-    return caption_from_text(data, name=key, options=options)
+        caption = caption_from_json(data, name=key, options=options)
+    else:
+        caption = caption_from_text(data, name=key, options=options)
+    if len(caption) > options.max_chars:
+        raise CaptionError(CAPTION_TOO_LARGE, f"{key} gives a caption of {len(caption)} characters, over the cap of "
+                                              f"{options.max_chars}")
+    return caption

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import unquote, urlparse
 
+from swarm import durable
 from swarm.logs import get_logger
 
 logger = get_logger(__name__)
@@ -34,6 +35,11 @@ class StorageError(Exception):
 
 class BadKeyError(ValueError):
     """A key that could escape its prefix or folder, or is otherwise unusable."""
+
+
+class LinkOutsideError(BadKeyError):
+    """A symbolic link in a folder that leads out of it: never followed (a link to a secret file must not become a
+    served caption)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,8 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    """A folder; writes are atomic (temp file + rename) so a reader never sees half an object."""
+    """A folder; writes are atomic and durable (temp file, fsync, rename, fsync of the folder) so a reader never sees
+    half an object, not even after a power cut. Symbolic links that lead out of the folder are never followed."""
 
     def __init__(self, root: str | os.PathLike, *, create: bool = True):
         self.root = Path(root).expanduser().absolute()
@@ -84,6 +91,7 @@ class LocalStorage:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise StorageError(f"{self.root} is not a folder")
+        self.real_root = Path(os.path.realpath(self.root))  # the root itself may be a link (/data -> /mnt/data)
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
@@ -91,14 +99,16 @@ class LocalStorage:
         path = Path(os.path.normpath(self.root / key))
         if self.root not in path.parents:  # belt and braces after check_key
             raise BadKeyError(f"object key {key!r} leaves the storage folder")
+        real = Path(os.path.realpath(path))
+        if real != self.real_root and self.real_root not in real.parents:
+            raise LinkOutsideError(f"{key} is a symbolic link to {real}, outside {self.root}: links out of the "
+                                   f"folder are not followed (copy the file in if you mean it)")
         return path
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        durable.write_bytes(path, data, tmp_suffix=f".{os.getpid()}.{threading.get_ident()}.tmp")
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
