@@ -32,6 +32,9 @@ class TrustSettings:
     :param enabled: False turns every check off (the averagers are hivemind's own classes), for the overhead bench.
     :param max_state_distance: a downloaded state whose parameters differ from the local copy by more than this many
       times the local norm is refused (it is garbage or an attack, not a newer version of the same model).
+    :param ban_s: a peer whose contribution was dropped (non-finite parts, a garbage answer for the slice it reduced,
+      a bad state) is left out of this peer's averaging for this long; clipping alone never bans (honest peers get
+      clipped now and then).
     """
     run_id: str
     coordinator_public_key: bytes
@@ -40,6 +43,7 @@ class TrustSettings:
     refusal_cache_s: float = 1.0
     lookup_timeout_s: float = 5.0
     max_state_distance: float = 10.0
+    ban_s: float = 60.0
 
     def __post_init__(self):
         object.__setattr__(self, "coordinator_public_key",

@@ -15,6 +15,10 @@ What the guard does, in the averager's own process (hivemind 1.1.12 runs each av
 - `rpc_join_group`, `rpc_aggregate_part`, `rpc_download_state`: the caller's peer id (authenticated by libp2p) must
   have a valid credential (see admission.py), else the request is refused (NOT_LOOKING_FOR_GROUP / PROTOCOL_VIOLATION
   / no state) and counted as "refused" for that peer.
+- a peer whose contribution is dropped (see robust.py and reducer.py) is banned by this peer for `ban_s`: it is
+  not accepted as a follower or followed as a leader, and when another peer's group still includes it, its parts
+  and its answers are ignored (the round goes on for the honest peers).
+- matchmaking never asks a peer without a credential (or a banned one) to lead its group;
 - before an all-reduce, every groupmate must hold a credential (a credentialed leader cannot smuggle an outsider in);
   the all-reduce runs `RobustAllReduceRunner`, with each sender's weight capped by its credential's `max_weight`.
 - a downloaded state must come from a credentialed peer, be finite, and be within `max_state_distance` x the local
@@ -33,7 +37,7 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.control import AveragingStage  # noqa: F401 - re-exported for subclasses' convenience
 from hivemind.averaging.group_info import GroupInfo
-from hivemind.averaging.matchmaking import MatchmakingException
+from hivemind.averaging.matchmaking import Matchmaking, MatchmakingException
 from hivemind.compression import deserialize_torch_tensor
 from hivemind.optim import Optimizer
 from hivemind.optim.state_averager import TrainingStateAverager
@@ -62,7 +66,19 @@ class AveragerGuard:
         self._admission = AdmissionCache(trust)
         self._trust_counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
         self._trust_tokens: dict[str, str] = {}
+        self._banned_until: dict[str, float] = {}
         super().__init__(*args, **kwargs)
+
+    # hivemind creates its Matchmaking inside the averager process with no hook; this setter makes it a guarded one.
+    @property
+    def _matchmaking(self):
+        return self.__dict__["_matchmaking"]
+
+    @_matchmaking.setter
+    def _matchmaking(self, matchmaking):
+        matchmaking.__class__ = GuardedMatchmaking
+        matchmaking.guard = self
+        self.__dict__["_matchmaking"] = matchmaking
 
     # --- stats (counted in the averager process, read from the trainer's) ---
 
@@ -79,9 +95,20 @@ class AveragerGuard:
     def _count(self, peer: PeerID, what: str, n: int = 1) -> None:
         self._trust_counts[peer.to_base58()][what] += n
 
-    async def _admitted(self, peer: PeerID) -> bool:
+    def _ban(self, peer: PeerID) -> None:
+        if peer != self.peer_id and self._trust.ban_s > 0:
+            self._banned_until[peer.to_base58()] = time.time() + self._trust.ban_s
+            logger.warning(f"{self.prefix}: leaving {peer} out of averaging for {self._trust.ban_s:.0f}s")
+
+    def _is_banned(self, peer: PeerID) -> bool:
+        return self._banned_until.get(peer.to_base58(), 0.0) > time.time()
+
+    async def _admitted(self, peer: PeerID, *, allow_banned: bool = False) -> bool:
+        """Whether `peer` may average with us now: it holds a valid credential (and is not banned)."""
         if peer == self.peer_id:
             return True
+        if not allow_banned and self._is_banned(peer):
+            return False
         credential = await self._admission.credential_of(self.dht, peer.to_base58())
         if credential is not None:
             self._trust_tokens[peer.to_base58()] = credential.token_name
@@ -118,8 +145,8 @@ class AveragerGuard:
     # --- all-reduce ---
 
     async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int, **kwargs):
-        for peer in group_info.peer_ids:
-            if not await self._admitted(peer):
+        for peer in group_info.peer_ids:  # a banned peer is let in (others may not have banned it) but ignored
+            if not await self._admitted(peer, allow_banned=True):
                 self._count(peer, REFUSED)
                 raise MatchmakingException(f"group {group_info.group_id.hex()[:8]} includes {peer}, which holds no "
                                            f"valid credential: not averaging with it")
@@ -134,7 +161,8 @@ class AveragerGuard:
             credential = self._admission.cached(peer.to_base58())
             if credential is not None and credential.max_weight > 0:
                 caps[peer] = credential.max_weight
-        runner = RobustAllReduceRunner(rules=self._trust.rules, weight_caps=caps, p2p=self._p2p,
+        excluded = {peer for peer in group_info.peer_ids if self._is_banned(peer)}
+        runner = RobustAllReduceRunner(rules=self._trust.rules, weight_caps=caps, excluded=excluded, p2p=self._p2p,
                                        servicer_type=type(self), prefix=self.prefix, tensors=tensors,
                                        group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
         assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
@@ -151,6 +179,8 @@ class AveragerGuard:
         finally:
             for peer, verdict in runner.verdicts_by_peer().items():
                 self._count(peer, verdict)
+                if verdict == DROPPED:
+                    self._ban(peer)
                 if verdict != ACCEPTED:
                     logger.warning(f"{self.prefix}: {verdict} the contribution of {peer} "
                                    f"(token {self._trust_tokens.get(peer.to_base58(), '?')!r})")
@@ -180,6 +210,7 @@ class AveragerGuard:
                 problem = "it sent no state" if metadata is None else self._check_state(tensors)
                 if problem:
                     self._count(peer, DROPPED)
+                    self._ban(peer)
                     logger.warning(f"refused the state downloaded from {peer}: {problem}; trying another peer")
                     continue
                 future.set_result((metadata, tensors))
@@ -222,6 +253,18 @@ class AveragerGuard:
             return (f"its parameters are {distance_sq ** 0.5 / norm_sq ** 0.5:.3g} x the local norm away "
                     f"(limit {self._trust.max_state_distance})")
         return None
+
+
+class GuardedMatchmaking(Matchmaking):
+    """hivemind's Matchmaking that never asks a peer without a valid credential (or a banned one) to lead it."""
+
+    guard: AveragerGuard
+
+    async def _request_join_group(self, leader: PeerID) -> Optional[GroupInfo]:
+        if not await self.guard._admitted(leader):
+            logger.debug(f"not following {leader}: no valid credential or banned")
+            return None
+        return await super()._request_join_group(leader)
 
 
 def _aux_mode():

@@ -9,25 +9,27 @@ peers speak the same wire protocol. This mirrors where hivemind's unmerged `cent
 from __future__ import annotations
 
 import asyncio
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Set
 
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner
-from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
+from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartContainer, TensorPartReducer
 from hivemind.p2p import PeerID
 
-from swarm.trust.robust import RobustRules, RoundVerdicts, robust_average
+from swarm.trust.robust import DROPPED, RobustRules, RoundVerdicts, reducer_result_ok, robust_average
 
 
 class RobustTensorPartReducer(TensorPartReducer):
     """A TensorPartReducer that combines each part with the robust rules.
 
     :param caps: per sender index, the most weight that sender may claim (0 = no cap from the coordinator).
+    :param excluded: per sender index, True for a banned sender: its parts are dropped unread.
     """
 
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, *, rules: RobustRules,
-                 caps: Sequence[float]):
+                 caps: Sequence[float], excluded: Sequence[bool] = ()):
         self.rules, self.caps = rules, list(caps)
+        self.excluded = list(excluded) or [False] * num_senders
         self.verdicts = RoundVerdicts(num_senders)
         self._inputs: dict[int, tuple[torch.Tensor, float]] = {}
         super().__init__(part_shapes, num_senders)
@@ -75,11 +77,11 @@ class RobustTensorPartReducer(TensorPartReducer):
         assert self.current_part_accumulated_from <= self.num_current_senders
         if self.current_part_accumulated_from != self.num_current_senders:
             return
-        senders = sorted(self._inputs)
+        senders = [i for i in sorted(self._inputs) if not self.excluded[i]]
         average, verdicts = robust_average([self._inputs[i][0] for i in senders],
                                            [self._inputs[i][1] for i in senders],
                                            caps=[self.caps[i] for i in senders], rules=self.rules)
-        by_sender: list[str | None] = [None] * self.num_senders
+        by_sender: list[str | None] = [DROPPED if i in self._inputs else None for i in range(self.num_senders)]
         for i, verdict in zip(senders, verdicts):
             by_sender[i] = verdict
         self.verdicts.record(by_sender)
@@ -92,18 +94,49 @@ class RobustTensorPartReducer(TensorPartReducer):
         self.reset_accumulators()
 
 
+class CheckedTensorPartContainer(TensorPartContainer):
+    """hivemind's container, refusing a groupmate's answer that fails `reducer_result_ok` (our own part is used
+    instead, as for a failed reducer). Installed on a live container by `RobustAllReduceRunner` (see there)."""
+
+    rules: RobustRules
+    refused_reducers: set
+    excluded_reducers: set
+
+    def register_processed_part(self, peer_index: int, part_index: int, part: torch.Tensor):
+        if self.return_deltas and part_index < len(self._input_parts_by_peer[peer_index]):
+            sent = self._input_parts_by_peer[peer_index][part_index][0]
+            if peer_index in self.excluded_reducers or not reducer_result_ok(sent, part, rules=self.rules):
+                self.refused_reducers.add(peer_index)
+                part = torch.zeros_like(sent)
+                self.failed_size += part.numel()
+        super().register_processed_part(peer_index, part_index, part)
+
+
 class RobustAllReduceRunner(AllReduceRunner):
     """hivemind's AllReduceRunner with a RobustTensorPartReducer; `verdicts_by_peer()` after the round."""
 
-    def __init__(self, *, rules: RobustRules, weight_caps: Mapping[PeerID, float], **kwargs):
+    def __init__(self, *, rules: RobustRules, weight_caps: Mapping[PeerID, float], excluded: Set[PeerID] = frozenset(),
+                 **kwargs):
         super().__init__(**kwargs)
         plain = self.tensor_part_reducer
         plain.finished.set()  # discard hivemind's reducer silently (its finalize would log "received 0%")
         self.tensor_part_reducer = RobustTensorPartReducer(
             tuple(part.shape for part in self.parts_for_local_averaging), len(self.sender_peer_ids), rules=rules,
-            caps=[float(weight_caps.get(peer, 0.0)) for peer in self.sender_peer_ids])
+            caps=[float(weight_caps.get(peer, 0.0)) for peer in self.sender_peer_ids],
+            excluded=[peer in excluded for peer in self.sender_peer_ids])
+        # hivemind builds the container inside AllReduceRunner.__init__ with no hook, and the local parts already
+        # point into it, so the checked behaviour is switched on in place (the subclass adds no state of its own).
+        container = self.tensor_part_container
+        container.__class__ = CheckedTensorPartContainer
+        container.rules, container.refused_reducers = rules, set()
+        container.excluded_reducers = {i for i, peer in enumerate(self.ordered_peer_ids) if peer in excluded}
 
     def verdicts_by_peer(self) -> dict[PeerID, str]:
-        """This peer's verdict on each sender whose parts it reduced (empty when it reduced nothing)."""
-        return {peer: verdict for peer, verdict in zip(self.sender_peer_ids, self.tensor_part_reducer.verdicts.result())
-                if verdict is not None}
+        """This peer's verdict on each sender whose parts it reduced, and "dropped" for each groupmate whose answer
+        for its slice was refused."""
+        verdicts = {peer: verdict for peer, verdict in zip(self.sender_peer_ids,
+                                                           self.tensor_part_reducer.verdicts.result())
+                    if verdict is not None}
+        for index in self.tensor_part_container.refused_reducers:
+            verdicts[self.ordered_peer_ids[index]] = DROPPED
+        return verdicts

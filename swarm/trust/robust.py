@@ -2,7 +2,8 @@
 
 hivemind adds what it receives with a plain weighted mean, using the weight each sender claims. Here, before a
 sender's part counts:
-1. a part with NaN/Inf (or a non-finite / negative weight) is dropped and counted;
+1. a part with NaN/Inf (or a non-finite / negative weight), or one absurdly far from the others (x1e6), is dropped
+   and counted;
 2. the claimed weight is capped: by what the coordinator allows that peer (its credential's `max_weight`) and by a
    multiple of the round's median claim, so no peer can claim a million samples;
 3. the parts are combined with CenteredClip (Gorbunov et al., "Secure Distributed Training at Scale", ICML 2022):
@@ -13,7 +14,7 @@ sender's part counts:
 Why CenteredClip rather than clipping each part to a multiple of the median norm: norm clipping still lets a
 sign-flipped x10 gradient pull the mean back by a whole median norm (with 4 peers the honest step shrinks to ~1/2),
 while CenteredClip bounds an outlier's pull by tau/n per iteration around the honest cluster. With only honest peers
-and tau at twice the median distance it leaves the mean nearly unchanged (nobody is clipped when the spread is even).
+and tau at twice the median distance it leaves the mean nearly unchanged (few honest parts are that far out).
 
 The rules see one part (a slice of the flattened tensors) at a time, as hivemind's reducer does, so a sender is
 judged per part; `RoundVerdicts` folds that into one verdict per sender and round (worst part wins).
@@ -37,6 +38,8 @@ class RobustRules:
     tau_multiple: float = 2.0  # CenteredClip radius = this x the median distance of inputs from the median
     iterations: int = 3  # CenteredClip iterations (the paper converges in a few when tau is set from the data)
     weight_cap_multiple: float = 4.0  # a claim above this x the round's median claim is cut down to it
+    outlier_multiple: float = 10.0  # a part this x farther from the median than the median distance is dropped
+    result_norm_multiple: float = 4.0  # a reducer's answer above this x the norm of what we sent it is refused
 
     def __post_init__(self):
         if not self.tau_multiple > 0:
@@ -45,6 +48,10 @@ class RobustRules:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if not self.weight_cap_multiple >= 1:
             raise ValueError(f"weight_cap_multiple must be >= 1, got {self.weight_cap_multiple}")
+        if not self.outlier_multiple > self.tau_multiple:
+            raise ValueError(f"outlier_multiple must exceed tau_multiple, got {self.outlier_multiple}")
+        if not self.result_norm_multiple >= 1:
+            raise ValueError(f"result_norm_multiple must be >= 1, got {self.result_norm_multiple}")
 
 
 def is_finite_part(part: torch.Tensor) -> bool:
@@ -62,6 +69,20 @@ def capped_weights(weights: Sequence[float], *, caps: Sequence[float], rules: Ro
     median = _median([float(w) for w in weights])
     relative_cap = rules.weight_cap_multiple * median if median > 0 else math.inf
     return [min(float(w), cap if cap > 0 else math.inf, relative_cap) for w, cap in zip(weights, caps)]
+
+
+def far_outliers(parts: Sequence[torch.Tensor], *, rules: RobustRules) -> list[bool]:
+    """Which parts lie more than `outlier_multiple` x the median distance from the coordinate-wise median.
+
+    Such a part is no noisy honest gradient (x1e6, a wrong model): it is dropped outright rather than clipped, so it
+    cannot pull the clipped average by tau every iteration. Needs 3 or more parts (with 2 there is no majority).
+    """
+    if len(parts) < 3:
+        return [False] * len(parts)
+    stacked = torch.stack([p.float() for p in parts])
+    distances = (stacked - _coordinate_median(stacked)).flatten(1).norm(dim=1)
+    limit = rules.outlier_multiple * float(distances.median())
+    return [bool(d > limit) for d in distances] if limit > 0 else [False] * len(parts)
 
 
 def centered_clip(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
@@ -99,7 +120,8 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, c
                    rules: RobustRules = RobustRules()) -> tuple[torch.Tensor | None, list[str]]:
     """Combine one part from every sender: (average or None when no sender is usable, verdict per sender).
 
-    verdicts: "dropped" (non-finite values or weight), "clipped" (CenteredClip cut its difference), else "accepted".
+    verdicts: "dropped" (non-finite values or weight, or a far outlier), "clipped" (CenteredClip cut its
+    difference), else "accepted".
     """
     caps = list(caps) if caps is not None else [0.0] * len(parts)
     if len(caps) != len(parts) or len(weights) != len(parts):
@@ -113,12 +135,37 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, c
             kept.append(i)
     if not kept:
         return None, verdicts
+    for i, outlier in zip(list(kept), far_outliers([parts[i] for i in kept], rules=rules)):
+        if outlier:
+            verdicts[i] = DROPPED
+            kept.remove(i)
     kept_weights = capped_weights([weights[i] for i in kept], caps=[caps[i] for i in kept], rules=rules)
     average, clipped = centered_clip([parts[i] for i in kept], kept_weights, rules=rules)
     for i, was_clipped in zip(kept, clipped):
         if was_clipped:
             verdicts[i] = CLIPPED
     return average.to(parts[kept[0]].dtype), verdicts
+
+
+def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRules) -> bool:
+    """Whether a groupmate's answer for the slice it reduced can be used. hivemind returns `delta` = average - sent;
+    the average must be finite, within `result_norm_multiple` x the norm of what we sent, and not point against it.
+
+    A robust average of honest parts is never much longer than one of them (averaging shortens noise) and always
+    leans toward each of them (it contains that part), so these only refuse garbage: NaN, Inf, x1e6, a flipped sign.
+    When what we sent is exactly zero there is no scale to compare with and only finiteness is checked. They cannot
+    catch a reducer that answers with a plausible wrong value (see the README's threat model). A refused
+    answer is replaced by our own part, as hivemind does for a reducer that fails.
+    """
+    if not is_finite_part(delta):
+        return False
+    sent, result = sent.float(), sent.float() + delta.float()
+    sent_norm = float(sent.norm())
+    if sent_norm == 0.0:  # nothing to compare with (a slice whose gradient is exactly zero): finite is all we ask
+        return True
+    if float(result.norm()) > rules.result_norm_multiple * sent_norm + 1e-12:
+        return False
+    return float((result * sent).sum()) >= 0.0
 
 
 class RoundVerdicts:

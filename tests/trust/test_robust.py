@@ -14,6 +14,7 @@ from swarm.trust.robust import (
     RoundVerdicts,
     capped_weights,
     centered_clip,
+    reducer_result_ok,
     robust_average,
 )
 
@@ -42,7 +43,7 @@ def test_one_bad_sender_among_three_honest(attack):
     average, verdicts = robust_average(parts + [bad], [1.0] * 4)
     honest_mean = sum(parts) / 3
     assert torch.isfinite(average).all()
-    assert verdicts[3] == (DROPPED if attack in ("nan", "inf") else CLIPPED)
+    assert verdicts[3] in ((CLIPPED, DROPPED) if attack == "flip_x10" else (DROPPED,))
     # The bad sender moves the result by a small fraction of the signal; a plain mean would be ruined.
     assert (average - honest_mean).norm() < 0.15 * signal.norm()
     assert torch.nn.functional.cosine_similarity(average, signal, dim=0) > 0.95
@@ -85,3 +86,13 @@ def test_round_verdicts_keep_the_worst_part():
     rounds.record([ACCEPTED, CLIPPED, None])
     rounds.record([DROPPED, ACCEPTED, None])
     assert rounds.result() == [DROPPED, CLIPPED, None]
+
+
+def test_reducer_answer_checks():
+    sent = torch.ones(8)
+    rules = RobustRules()
+    assert reducer_result_ok(sent, torch.full((8,), 0.5), rules=rules)  # a plausible average
+    assert not reducer_result_ok(sent, torch.full((8,), math.nan), rules=rules)
+    assert not reducer_result_ok(sent, sent * 1e6, rules=rules)  # far too long
+    assert not reducer_result_ok(sent, -2.75 * sent, rules=rules)  # points against what we sent
+    assert reducer_result_ok(torch.zeros(8), sent, rules=rules)  # nothing sent to compare with: finite is enough
