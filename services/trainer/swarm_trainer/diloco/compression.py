@@ -34,7 +34,14 @@ def wire_compression(name: str):
     if name in ("fp16", "topk"):
         return Float16Compression()
     if name == "int8":
-        return BlockwiseQuantization()
+        compression = BlockwiseQuantization()
+        # Load bitsandbytes here, in the parent, before the averager forks: imported lazily inside the averager's
+        # process it takes seconds (longer on a busy CPU) in the middle of the first all-reduce, which then times out.
+        from hivemind.compression import CompressionInfo
+
+        sample = torch.zeros(4096)
+        compression.compress(sample, CompressionInfo.from_tensor(sample))
+        return compression
     raise ValueError(f"pseudo-gradient compression must be one of {', '.join(COMPRESSIONS)}, got {name!r}")
 
 

@@ -1,0 +1,61 @@
+"""The hivemind averager of DiLoCo mode: all-reduces pseudo-gradients and serves the outer state to late joiners.
+
+It is a plain hivemind DecentralizedAverager subclass over one flat fp32 buffer (the pseudo-gradient, or the chosen
+top-k blocks of it), so anything that wraps hivemind averagers (the trust layer's admission checks and robust
+aggregation of each sender's part) composes with it unchanged: the backend builds it through `build_averager`, the
+one seam where such wrappers are applied.
+
+What it serves to `load_state_from_peers` is not its averaged buffer but the outer state (outer parameters, outer
+momentum, and the result of an all-reduce still waiting to be applied), supplied by the optimizer through
+`state_source`: hivemind calls `get_current_state` in a thread of this (the host) process.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from hivemind.averaging import DecentralizedAverager
+
+from swarm.logs import get_logger
+
+logger = get_logger(__name__)
+
+
+class PseudoGradientAverager(DecentralizedAverager):
+    """DecentralizedAverager over `averaged_tensors`, serving `state_source()` as its state."""
+
+    def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *,
+                 state_source: Callable[[], tuple[dict, list[torch.Tensor]]], **kwargs):
+        # Set before the base class starts its state-serving thread, which may call get_current_state at once.
+        self._state_source = state_source
+        super().__init__(averaged_tensors=averaged_tensors, dht=dht, **kwargs)
+
+    def get_current_state(self):
+        metadata, tensors = self._state_source()
+        return metadata, tensors, None
+
+
+def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, compression, client_mode: bool,
+                   matchmaking_time: float, averaging_timeout: float, initial_group_bits: str,
+                   averager_class: type | None = None, extra_kwargs: dict | None = None) -> PseudoGradientAverager:
+    """Start the averager (it forks a process: call it from the main thread).
+
+    `averager_class` / `extra_kwargs` are where the backend factory puts the trust layer's guarded class and its
+    settings; by default hivemind's plain averager behaviour.
+    """
+    from hivemind.compression import NoCompression
+
+    cls = averager_class or PseudoGradientAverager
+    return cls(
+        [buffer], dht, state_source=state_source, prefix=prefix, start=True,
+        compression=compression,
+        # Joiners get the outer state exactly: fp16 would round the outer parameters away from the swarm's.
+        state_compression=NoCompression(),
+        client_mode=client_mode,
+        min_matchmaking_time=matchmaking_time,
+        request_timeout=max(0.5, min(3.0, matchmaking_time / 2)),
+        allreduce_timeout=averaging_timeout,
+        next_chunk_timeout=averaging_timeout,
+        initial_group_bits=initial_group_bits,
+        **(extra_kwargs or {}),
+    )

@@ -1,0 +1,129 @@
+"""DiLoCo peers on real hivemind (DHTs on loopback, one process, one thread per peer).
+
+2 peers hold identical outer parameters after every round; a peer joining mid-run downloads the outer state
+(parameters, momentum and the average still waiting to be applied) and from then on holds the same parameters too.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from swarm_trainer.diloco.optimizer import DiLoCoOptimizer, DiLoCoSettings, Timeouts
+
+INNER_STEPS = 4
+TIMEOUTS = Timeouts(matchmaking=1.0, averaging=15.0, load_state=15.0)
+
+
+def make_dht(initial_peers=()):
+    import hivemind
+
+    return hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=list(initial_peers))
+
+
+class Peer:
+    """A small regression model trained by a DiLoCoOptimizer in its own thread; records the outer parameters."""
+
+    def __init__(self, dht, *, seed: int, compression: str = "none", overlap: bool = True):
+        from hivemind.utils.crypto import RSAPrivateKey
+
+        torch.manual_seed(0)  # identical initial weights on every peer
+        self.model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        self.dht, self.seed = dht, seed
+        self.optimizer = DiLoCoOptimizer(
+            dht=dht, run_id="diloco-test", params=self.model.parameters(),
+            inner_optimizer=torch.optim.AdamW(self.model.parameters(), lr=1e-2),
+            settings=DiLoCoSettings(inner_steps=INNER_STEPS, compression=compression, overlap=overlap),
+            timeouts=TIMEOUTS, tracker_key=RSAPrivateKey())
+        self.outer_by_round: dict[int, torch.Tensor] = {}
+        self.error: BaseException | None = None
+
+    def train(self, rounds: int, *, step_delay: float = 0.02) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        target = torch.randn(6, 2, generator=torch.Generator().manual_seed(99))
+        try:
+            stop_at = self.optimizer.local_epoch + rounds
+            while self.optimizer.local_epoch < stop_at:
+                x = torch.randn(8, 6, generator=generator)
+                loss = ((self.model(x) - x @ target) ** 2).mean()
+                loss.backward()
+                if self.optimizer.step(batch_size=8):
+                    self.outer_by_round[self.optimizer.local_epoch] = self.optimizer.outer.clone()
+                time.sleep(step_delay)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def wait_until_seen(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.optimizer.swarm_progress()) < count:
+            assert time.monotonic() < deadline, "peers never saw each other's progress"
+            time.sleep(0.2)
+
+
+def run_threads(*jobs) -> None:
+    threads = [threading.Thread(target=fn, args=args, daemon=True) for fn, *args in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+        assert not t.is_alive(), "a peer never finished its rounds"
+
+
+def first_step(peer: Peer) -> None:
+    """One inner step, so the peer's progress record (what the others wait for) is in the DHT."""
+    x = torch.randn(8, 6)
+    peer.model(x).pow(2).mean().backward()
+    peer.optimizer.step(batch_size=8)
+
+
+@pytest.mark.timeout(300)
+def test_two_peers_identical_after_each_round_and_a_late_joiner_catches_up():
+    dhts, peers = [], []
+    try:
+        dhts.append(make_dht())
+        maddrs = [str(a) for a in dhts[0].get_visible_maddrs()]
+        dhts.append(make_dht(maddrs))
+        a, b = Peer(dhts[0], seed=1), Peer(dhts[1], seed=2)
+        peers += [a, b]
+        for peer in (a, b):
+            first_step(peer)
+        for peer in (a, b):
+            peer.wait_until_seen(2)
+        run_threads((a.train, 3), (b.train, 3))
+        assert a.error is None and b.error is None, (a.error, b.error)
+        assert a.optimizer.local_epoch == b.optimizer.local_epoch == 3
+        for round_index in (1, 2, 3):
+            torch.testing.assert_close(a.outer_by_round[round_index], b.outer_by_round[round_index],
+                                       rtol=0, atol=1e-6)
+        assert a.optimizer.rounds_averaged >= 1 and b.optimizer.rounds_averaged >= 1
+        assert (a.optimizer.outer - b.optimizer.outer).abs().max() <= 1e-6
+        assert a.optimizer.momentum.abs().max() > 0, "the outer momentum moved"
+
+        # A third peer joins between rounds: it downloads the outer state (parameters, momentum and the average
+        # of round 3 still waiting to be applied), then all three train the next rounds together.
+        dhts.append(make_dht(maddrs))
+        c = Peer(dhts[2], seed=3)
+        peers.append(c)
+        assert c.optimizer.load_state_from_peers(), "the joiner could not download the outer state"
+        assert c.optimizer.local_epoch == 3
+        torch.testing.assert_close(c.optimizer.outer, a.optimizer.outer, rtol=0, atol=0)
+        torch.testing.assert_close(c.optimizer.momentum, a.optimizer.momentum, rtol=0, atol=0)
+        for peer in (a, b, c):
+            first_step(peer)
+        c.wait_until_seen(3)
+        run_threads((a.train, 2), (b.train, 2), (c.train, 2))
+        for peer in (a, b, c):
+            assert peer.error is None, peer.error
+        assert a.optimizer.local_epoch == b.optimizer.local_epoch == c.optimizer.local_epoch == 5
+        for round_index in (4, 5):
+            torch.testing.assert_close(c.outer_by_round[round_index], a.outer_by_round[round_index],
+                                       rtol=0, atol=1e-6)
+            torch.testing.assert_close(b.outer_by_round[round_index], a.outer_by_round[round_index],
+                                       rtol=0, atol=1e-6)
+    finally:
+        for peer in peers:
+            peer.optimizer.shutdown()
+        for dht in dhts:
+            dht.shutdown()
