@@ -79,8 +79,8 @@ def test_sigterm_raises_keyboard_interrupt_in_a_launcher():
         import time
         from swarm.shutdown import interrupt_on_sigterm
         interrupt_on_sigterm()
-        print("ready", flush=True)
-        try:
+        try:  # "ready" inside the try: the signal may arrive the moment it is printed
+            print("ready", flush=True)
             time.sleep(30)
         except KeyboardInterrupt as e:
             print("interrupted:", e, flush=True)
