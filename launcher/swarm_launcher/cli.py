@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from swarm import __version__
+from swarm import __version__, lifeline
 from swarm.errors import ConfigError, UsageError
 
 # Modules whose `register(subparsers)` adds subcommands; order is the order shown in --help.
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    lifeline.install()  # before anything forks: children (hivemind's included) die with this process
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

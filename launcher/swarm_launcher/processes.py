@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swarm import lifeline
 from swarm.logs import get_logger
 
 logger = get_logger(__name__)
@@ -76,7 +77,10 @@ class ServiceProcess:
 
 def start_service(name: str, args: list[str], *, workdir: str | os.PathLike, log_to_file: bool = True,
                   env: dict[str, str] | None = None) -> ServiceProcess:
-    """Run `python -m swarm_launcher <args> --ready-file <workdir>/<name>.ready.json` as a child process."""
+    """Run `python -m swarm_launcher <args> --ready-file <workdir>/<name>.ready.json` as a child process.
+
+    The child dies with this process (`swarm.lifeline`), however this one ends: a SIGKILL of `swarm host` leaves no
+    service holding its ports."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ready_file = workdir / f"{name}.ready.json"
@@ -85,7 +89,7 @@ def start_service(name: str, args: list[str], *, workdir: str | os.PathLike, log
     stdout = open(log_path, "ab") if log_path else None
     popen = subprocess.Popen([sys.executable, "-m", "swarm_launcher", *args, "--ready-file", str(ready_file)],
                              stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
-                             env={**os.environ, **(env or {})}, start_new_session=True)
+                             env={**os.environ, **(env or {}), **lifeline.child_env()}, start_new_session=True)
     if stdout:
         stdout.close()
     return ServiceProcess(name=name, popen=popen, ready_file=ready_file, log_path=log_path, args=list(args),

@@ -100,9 +100,9 @@ def start(settings: BootstrapSettings) -> BootstrapNode:
                            host_maddrs=list(settings.host_maddrs),
                            announce_maddrs=list(settings.announce_maddrs) or None, identity_path=str(identity),
                            use_relay=settings.use_relay, client_mode=False)
-    except Exception as e:  # noqa: BLE001 (the key file is the usual culprit: say so)
-        raise NodeStartError(f"could not start the DHT node ({e}); check --host-maddrs and that {identity} is a valid "
-                           f"key file written by this command") from e
+    except Exception as e:  # noqa: BLE001 (turned into a message that says what to check)
+        raise NodeStartError(start_error_message(str(e), initial_peers=settings.initial_peers,
+                                                 identity=identity)) from e
     try:
         peer_id, multiaddrs = str(dht.peer_id), [str(m) for m in dht.get_visible_maddrs()]
         metrics = MetricsServer(port=settings.metrics_port,
@@ -111,6 +111,19 @@ def start(settings: BootstrapSettings) -> BootstrapNode:
         dht.shutdown()
         raise
     return BootstrapNode(dht, metrics, refresh_period=settings.refresh_period)
+
+
+def start_error_message(error: str, *, initial_peers: tuple[str, ...], identity: Path) -> str:
+    """What a failed start means, from hivemind's error: dead initial peers, a taken identity, else the flags."""
+    if initial_peers and "failed to connect to bootstrap peers" in error:
+        return (f"none of the {len(initial_peers)} --initial-peers answered ({', '.join(initial_peers)}): every "
+                f"initial peer is down or unreachable. Start one of them first, fix the addresses, or leave "
+                f"--initial-peers out to start a swarm of its own ({error})")
+    if "already taken" in error:
+        return (f"another node already serves with the identity in {identity} ({error}); stop it (an earlier "
+                f"bootstrap-dht still running?) or give this one its own --identity-path")
+    return (f"could not start the DHT node ({error}); check --host-maddrs and that {identity} is a valid key file "
+            f"written by this command")
 
 
 def serve(settings: BootstrapSettings, *, stop: threading.Event | None = None) -> int:
