@@ -90,20 +90,58 @@ class LeaseChunksResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., run_complete: _Optional[bool] = ..., config_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("peer_id", "lease_ids", "global_epoch", "loss", "samples_per_s", "finished")
+    __slots__ = ("peer_id", "lease_ids", "global_epoch", "loss", "samples_per_s", "finished", "contributions")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     lease_ids: _containers.RepeatedScalarFieldContainer[str]
     global_epoch: int
     loss: float
     samples_per_s: float
     finished: bool
-    def __init__(self, peer_id: _Optional[str] = ..., lease_ids: _Optional[_Iterable[str]] = ..., global_epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
+    contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
+    def __init__(self, peer_id: _Optional[str] = ..., lease_ids: _Optional[_Iterable[str]] = ..., global_epoch: _Optional[int] = ..., loss: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., finished: _Optional[bool] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+
+class GetCredentialRequest(_message.Message):
+    __slots__ = ("peer_id", "dht_public_key")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    DHT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    dht_public_key: bytes
+    def __init__(self, peer_id: _Optional[str] = ..., dht_public_key: _Optional[bytes] = ...) -> None: ...
+
+class GetCredentialResponse(_message.Message):
+    __slots__ = ("credential", "coordinator_public_key", "run_id", "expires_at_unix")
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    credential: str
+    coordinator_public_key: bytes
+    run_id: str
+    expires_at_unix: float
+    def __init__(self, credential: _Optional[str] = ..., coordinator_public_key: _Optional[bytes] = ..., run_id: _Optional[str] = ..., expires_at_unix: _Optional[float] = ...) -> None: ...
+
+class Contribution(_message.Message):
+    __slots__ = ("peer_id", "token_name", "accepted", "clipped", "dropped", "refused")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    token_name: str
+    accepted: int
+    clipped: int
+    dropped: int
+    refused: int
+    def __init__(self, peer_id: _Optional[str] = ..., token_name: _Optional[str] = ..., accepted: _Optional[int] = ..., clipped: _Optional[int] = ..., dropped: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
 
 class LeaseState(_message.Message):
     __slots__ = ("lease_id", "valid", "deadline_unix_ms")

@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=swarm_dot_v1_dot_coordinator__pb2.GetProgressRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_coordinator__pb2.Progress.FromString,
                 _registered_method=True)
+        self.GetCredential = channel.unary_unary(
+                '/swarm.v1.Coordinator/GetCredential',
+                request_serializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -135,6 +140,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCredential(self, request, context):
+        """Prove the join token (in the metadata) and get a short-lived credential for this hivemind peer: every other
+        peer's DHT and averagers refuse a peer without one (see docs/design.md, "Trust"). Renew before it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +190,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetProgress,
                     request_deserializer=swarm_dot_v1_dot_coordinator__pb2.GetProgressRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_coordinator__pb2.Progress.SerializeToString,
+            ),
+            'GetCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCredential,
+                    request_deserializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +413,33 @@ class Coordinator:
             '/swarm.v1.Coordinator/GetProgress',
             swarm_dot_v1_dot_coordinator__pb2.GetProgressRequest.SerializeToString,
             swarm_dot_v1_dot_coordinator__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Coordinator/GetCredential',
+            swarm_dot_v1_dot_coordinator__pb2.GetCredentialRequest.SerializeToString,
+            swarm_dot_v1_dot_coordinator__pb2.GetCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

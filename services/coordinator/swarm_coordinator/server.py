@@ -22,6 +22,7 @@ from swarm.runconfig import load_yaml
 from swarm.shutdown import stop_event_on_signals
 from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics
+from swarm_coordinator.admission import AdmissionRpcs, ContributionBook
 from swarm_coordinator.bootstrap_source import BootstrapPeersSource
 from swarm_coordinator.servicers import SERVICE_NAME, ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, compose
 from swarm_coordinator.settings import CoordinatorSettings
@@ -56,12 +57,17 @@ class Coordinator:
         logger.info("coordinator stopped")
 
 
-def servicer_parts(store: Store, settings: CoordinatorSettings) -> dict[str, object]:
+def servicer_parts(store: Store, settings: CoordinatorSettings, *,
+                   contributions: ContributionBook | None = None) -> dict[str, object]:
     """The servicer parts answering swarm.v1.Coordinator (servicers.compose checks every RPC has one)."""
+    admission = AdmissionRpcs(db_path=settings.db_path, signing_key_path=settings.signing_key_file,
+                              run_id=settings.run_id, lifetime_s=settings.credential_lifetime,
+                              max_weight=lambda: store.config.config.target_batch_size)
     return {"peers": PeerRpcs(store, bootstrap_peers=settings.bootstrap_peers,
                               dataset_address=settings.dataset_public_address or settings.dataset or "",
                               heartbeat_interval=settings.heartbeat_interval),
-            "config": ConfigRpcs(store), "leases": LeaseRpcs(store), "progress": ProgressRpcs(store)}
+            "config": ConfigRpcs(store), "leases": LeaseRpcs(store, contributions=contributions),
+            "progress": ProgressRpcs(store), "admission": admission}
 
 
 def _token_check(settings: CoordinatorSettings, pieces: contextlib.ExitStack) -> Callable[[str], str | None]:
@@ -111,7 +117,10 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         server, health = make_server(max_workers=settings.max_workers,
                                      interceptors=[TokenAuthInterceptor(_token_check(settings, pieces))])
         pieces.callback(lambda: server.stop(0))
-        parts = servicer_parts(store, settings)
+        contributions = ContributionBook()
+        pieces.callback(metrics.register_collector(contributions))
+        parts = servicer_parts(store, settings, contributions=contributions)
+        pieces.callback(parts["admission"].close)
         pb_grpc.add_CoordinatorServicer_to_server(compose(parts.values()), server)
         source = None
         if settings.bootstrap_peers_url:

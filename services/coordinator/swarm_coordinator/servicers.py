@@ -86,8 +86,8 @@ class ConfigRpcs:
 class LeaseRpcs:
     """LeaseChunks, Heartbeat, ReportChunkDone, ReleaseLeases: the chunk lease protocol."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, *, contributions=None):
+        self.store, self.contributions = store, contributions  # admission.ContributionBook: trust counters
 
     @rpc_handler("LeaseChunks")
     def LeaseChunks(self, request, context):  # noqa: N802 (the RPC's name in the proto)
@@ -110,6 +110,8 @@ class LeaseRpcs:
         states = self.store.heartbeat(peer_id, lease_ids, global_epoch=request.global_epoch, loss=loss,
                                       samples_per_s=request.samples_per_s, finished=request.finished,
                                       caller=caller(context))
+        if self.contributions is not None and request.contributions:
+            self.contributions.record(peer_id, request.contributions)
         epochs = self.store.epochs()
         config = self.store.config
         samples_total = self.store.queue.samples_total

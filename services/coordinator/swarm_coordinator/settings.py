@@ -42,6 +42,10 @@ class CoordinatorSettings:
     metrics_host: str = "0.0.0.0"
     ready_file: str | None = None  # JSON {grpc_address, metrics_port, config_version, run_id} once serving
     status_page: StatusPageSettings | None = None  # the public read-only status page; None: not served
+    # Admission (swarm.trust): the Ed25519 key that signs credentials (created at first start, 0600; None: beside
+    # the database), and how long a credential lives (a revoked token's peers drop out within this).
+    signing_key_path: str | None = None
+    credential_lifetime: float = 600.0
 
     def __post_init__(self) -> None:
         validate_run_id(self.run_id)
@@ -50,7 +54,7 @@ class CoordinatorSettings:
             if value is not None and not cliargs.is_address(value):
                 raise ValueError(f"{name} {value!r} is not HOST:PORT")
         for name in ("lease_ttl", "peer_ttl", "heartbeat_interval", "sync_interval", "upkeep_interval",
-                     "token_cache_ttl"):
+                     "token_cache_ttl", "credential_lifetime"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.max_workers <= MAX_GRPC_WORKERS:
@@ -62,6 +66,13 @@ class CoordinatorSettings:
         if self.synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be normal or full, got {self.synchronous!r}")
         object.__setattr__(self, "bootstrap_peers", tuple(self.bootstrap_peers))
+
+    @property
+    def signing_key_file(self) -> str:
+        import os
+
+        return self.signing_key_path or os.path.join(os.path.dirname(os.path.abspath(self.db_path)),
+                                                     "coordinator-signing.key")
 
     def replace(self, **changes) -> "CoordinatorSettings":
         return dataclasses.replace(self, **changes)
