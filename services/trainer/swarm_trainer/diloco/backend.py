@@ -1,0 +1,179 @@
+"""DiLoCoBackend: backend.SwarmBackend over a DiLoCoOptimizer (run config `mode: diloco`).
+
+What the swarm's epochs are here: completed outer rounds. The LR schedule is evaluated at the inner step
+(round * inner_steps + inner step, `schedule_step`), the same on every peer.
+
+Idle peers (waiting for a chunk, or done) take part in every round the busy peers finish: when the swarm has moved
+past this peer's round, idle_step ends the round with what the peer trained so far (often nothing: a zero
+pseudo-gradient with a negligible weight), so it receives the average and stays identical to the others, and
+nobody waits for it. Only a peer two or more rounds behind (or one that never synced, like a new joiner) downloads
+the outer state instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from swarm.logs import get_logger
+from swarm.runconfig import RunConfig
+from swarm_trainer.diloco.optimizer import DiLoCoOptimizer
+
+logger = get_logger(__name__)
+
+
+class DiLoCoBackend:
+    def __init__(self, optimizer: DiLoCoOptimizer, *, dht, run_id: str, params: Sequence[torch.nn.Parameter]):
+        self.optimizer, self.dht, self.run_id, self.params = optimizer, dht, run_id, list(params)
+        # False until this peer ended a round or downloaded the outer state: a new joiner one round behind with
+        # nothing trained yet must download the state rather than average with the wrong outer parameters.
+        self.synced = False
+
+    @property
+    def local_epoch(self) -> int:
+        return self.optimizer.local_epoch
+
+    @property
+    def schedule_step(self) -> int:
+        """Where the LR schedule is evaluated for the next step: round * inner_steps + inner step."""
+        return self.optimizer.lr_step
+
+    @property
+    def swarm_epoch(self) -> int:
+        return self.optimizer.tracker.global_epoch
+
+    @property
+    def client_mode(self) -> bool:
+        return self.optimizer.client_mode
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.opt.param_groups[0]["lr"])
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.opt.param_groups:
+            group["lr"] = lr
+
+    def apply_config(self, config: RunConfig) -> None:
+        """The inner optimizer's keys; every DiLoCo key is a restart key (peers must agree on the outer rule)."""
+        for group in self.optimizer.opt.param_groups:
+            group.update(betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
+                         weight_decay=config.opt_weight_decay)
+
+    def step(self, *, batch_size: int, grad_scaler=None) -> bool:
+        ended = self.optimizer.step(batch_size=batch_size, grad_scaler=grad_scaler)
+        self.synced = self.synced or ended
+        return ended
+
+    def swarm_is_stepping(self) -> bool:
+        """The swarm finished this peer's round (it waits for us) or ran further ahead."""
+        return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
+
+    def idle_step(self, *, grad_scaler=None) -> bool:
+        if self.behind_swarm():
+            self.load_state_from_peers()
+            return True
+        if not self.swarm_is_stepping():
+            return False
+        self.optimizer.end_round()
+        self.synced = True
+        return True
+
+    def resume(self, epoch: int) -> None:
+        self.optimizer.resume(epoch)
+
+    def wait_for_swarm_progress(self, timeout: float) -> bool:
+        return self.optimizer.tracker.fetched_global_progress_this_epoch.wait(timeout=timeout)
+
+    def behind_swarm(self) -> bool:
+        """Two or more rounds behind; one behind is normal (the others wait for this peer to end its round),
+        except for a peer that never synced and has trained nothing yet (a new joiner): it downloads the state."""
+        behind_by = self.optimizer.tracker.global_epoch - self.optimizer.local_epoch
+        fresh = not self.synced and self.optimizer.inner_step == 0
+        return behind_by >= 2 or (behind_by >= 1 and fresh)
+
+    def load_state_from_peers(self) -> None:
+        if self.optimizer.load_state_from_peers():
+            self.synced = True
+
+    def final_sync(self, *, peer_id: str, participants: Sequence[tuple[str, bool]], timeout: float) -> str:
+        """One last round over what every peer trained since its last round (all peers are at the barrier
+        together), the outer step applied, local parameters set to the outer ones; then endgame's check that
+        every peer leaves with the anchor's parameters (downloading them where not)."""
+        from swarm_trainer.endgame import final_sync
+
+        self.optimizer.finish()
+        return final_sync(optimizer=EndgameView(self.optimizer), dht=self.dht, run_id=self.run_id,
+                          peer_id=peer_id, participants=participants, params=self.params, timeout=timeout)
+
+    def peers_in_last_round(self) -> int:
+        return int(self.optimizer.last_group_size)
+
+    def shutdown(self) -> None:
+        self.optimizer.shutdown()
+
+
+class EndgameView:
+    """What endgame.final_sync uses of a hivemind.Optimizer, over a DiLoCoOptimizer: a state averager that can
+    stop serving, a no-op 'finish delayed updates' (finish() already ran) and load_state_from_peers."""
+
+    def __init__(self, optimizer: DiLoCoOptimizer):
+        self._optimizer = optimizer
+        self.state_averager = _StateAveragerView(optimizer)
+        self.grad_averager = None
+
+    def load_state_from_peers(self) -> None:
+        self._optimizer.load_state_from_peers()
+
+
+class _StateAveragerView:
+    def __init__(self, optimizer: DiLoCoOptimizer):
+        self._averager = optimizer.averager
+
+    def step(self, **_kwargs) -> None:
+        """Nothing delayed is left after DiLoCoOptimizer.finish()."""
+
+    @property
+    def client_mode(self) -> bool:
+        return self._averager.client_mode
+
+    @property
+    def allow_state_sharing(self) -> bool:
+        return self._averager.allow_state_sharing
+
+    @allow_state_sharing.setter
+    def allow_state_sharing(self, value: bool) -> None:
+        self._averager.allow_state_sharing = value
+
+
+def make_diloco_backend(*, config: RunConfig, dht, run_id: str, params: Sequence[torch.nn.Parameter],
+                        options, optimizer_cls=None, fused_backward: bool = False,
+                        trust=None) -> DiLoCoBackend:
+    """Build the inner optimizer (fused into backward when asked), the DiLoCo optimizer and its averager (with the
+    trust layer's guard when `trust` settings are given and enabled)."""
+    from functools import partial
+
+    from swarm_trainer.diloco.fused import FusedInnerOptimizer
+    from swarm_trainer.diloco.optimizer import DiLoCoSettings, Timeouts
+
+    params = list(params)
+    optimizer_cls = optimizer_cls or torch.optim.AdamW
+    inner_kwargs = dict(lr=config.lr, betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
+                        weight_decay=config.opt_weight_decay)
+    if fused_backward:
+        inner = FusedInnerOptimizer(params, optimizer_cls, **inner_kwargs)
+    else:
+        inner = optimizer_cls(params, **inner_kwargs)
+    averager_class, averager_kwargs = None, None
+    if trust is not None and getattr(trust, "enabled", False):
+        from swarm.trust import averager_class as guarded_class
+        from swarm_trainer.diloco.averager import PseudoGradientAverager
+
+        averager_class = partial(guarded_class(PseudoGradientAverager, trust), trust=trust)
+    optimizer = DiLoCoOptimizer(
+        dht=dht, run_id=run_id, params=params, inner_optimizer=inner, settings=DiLoCoSettings.from_config(config),
+        timeouts=Timeouts(matchmaking=options.matchmaking_time, averaging=options.averaging_timeout,
+                          load_state=options.load_state_timeout),
+        client_mode=options.client_mode, fused=fused_backward, averager_class=averager_class,
+        averager_kwargs=averager_kwargs)
+    return DiLoCoBackend(optimizer, dht=dht, run_id=run_id, params=params)
