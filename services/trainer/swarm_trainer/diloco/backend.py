@@ -147,10 +147,11 @@ class _StateAveragerView:
 
 
 def make_diloco_backend(*, config: RunConfig, dht, run_id: str, params: Sequence[torch.nn.Parameter],
-                        options, optimizer_cls=None, fused_backward: bool = False,
-                        trust=None) -> DiLoCoBackend:
+                        options, optimizer_cls=None, fused_backward: bool = False, trust=None,
+                        tracker_key=None) -> DiLoCoBackend:
     """Build the inner optimizer (fused into backward when asked), the DiLoCo optimizer and its averager (with the
-    trust layer's guard when `trust` settings are given and enabled)."""
+    trust layer's guard when `trust` settings are given and enabled). `tracker_key`: see DiLoCoOptimizer (only
+    for several peers in one process)."""
     from functools import partial
 
     from swarm_trainer.diloco.fused import FusedInnerOptimizer
@@ -175,5 +176,5 @@ def make_diloco_backend(*, config: RunConfig, dht, run_id: str, params: Sequence
         timeouts=Timeouts(matchmaking=options.matchmaking_time, averaging=options.averaging_timeout,
                           load_state=options.load_state_timeout),
         client_mode=options.client_mode, fused=fused_backward, averager_class=averager_class,
-        averager_kwargs=averager_kwargs)
+        averager_kwargs=averager_kwargs, tracker_key=tracker_key)
     return DiLoCoBackend(optimizer, dht=dht, run_id=run_id, params=params)

@@ -256,10 +256,11 @@ class DiLoCoOptimizer:
         return entries
 
     def finish(self) -> None:
-        """At the end of the run: average what was trained since the last round, apply everything, and leave the
-        local parameters equal to the outer parameters (what checkpoints and the final sync see)."""
-        if self.inner_step > 0:
-            self.end_round()
+        """At the end of the run (every peer at the barrier, in the same round): one last round over what each
+        trained since its last round (possibly nothing: then a zero pseudo-gradient with a negligible weight, so
+        every peer takes part and nobody waits for a missing one), its average applied, and the local parameters
+        set to the outer parameters (what checkpoints, export and the final sync see)."""
+        self.end_round()
         self._apply_pending()
         unflatten_into(self.outer, self.params)
 
