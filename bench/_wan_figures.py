@@ -102,9 +102,9 @@ def counted_bytes(progress: list[dict], *, peers: int) -> int | None:
     return total
 
 
-def load_eval_set(images_dir: Path, *, size: int, seed: int) -> dict:
-    """The dataset's images (centre crop to size x size) as fixed VAE latents and CLIP embeddings of their captions
-    (the frozen seed VAE and text encoder every mode shares), computed once for every mode's evaluation."""
+def load_eval_set(images_dir: Path, *, size: int, seed: int, count: int = 64) -> dict:
+    """`count` of the dataset's images, evenly spaced (centre crop to size x size), as fixed VAE latents and CLIP
+    embeddings of their captions (the frozen seed VAE and text encoder every mode shares), computed once."""
     import torch
     from PIL import Image
 
@@ -112,7 +112,8 @@ def load_eval_set(images_dir: Path, *, size: int, seed: int) -> dict:
     from swarm_trainer.step import encode_latents, encode_text, pil_to_pixels, tokenize
 
     images, captions = [], []
-    for path in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")):
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    for path in paths[::max(1, len(paths) // count)][:count]:
         with Image.open(path) as source:
             image = source.convert("RGB")
         scale = size / min(image.size)
@@ -129,7 +130,7 @@ def load_eval_set(images_dir: Path, *, size: int, seed: int) -> dict:
     return {"latents": latents, "text": text, "seed": seed, "images": len(images)}
 
 
-def eval_loss(unet_dir: Path | None, eval_set: dict, *, draws: int = 8) -> float:
+def eval_loss(unet_dir: Path | None, eval_set: dict, *, draws: int = 4) -> float:
     """Mean SD loss of a checkpoint's UNet (None: the untrained seed UNet) over fixed latents, noise and timesteps."""
     import torch
 

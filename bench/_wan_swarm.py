@@ -82,6 +82,35 @@ def start(wan: Wan, namespace: str, name: str, args: list[str], *, logs: Path, e
     return Proc(name=name, popen=popen, log=log, ready_file=ready_file)
 
 
+def write_dataset(folder: Path, *, crops_per_photo: int, size: int, seed: int) -> int:
+    """The demo photographs (scikit-image, hand-written captions) as `crops_per_photo` random square crops each,
+    size x size: enough chunks that 4 peers never wait for one another's leases. Returns how many were written."""
+    import random
+
+    from PIL import Image
+
+    from swarm_launcher.demo_images import write_demo_folder
+
+    photos = folder.parent / f"{folder.name}-photos"
+    write_demo_folder(photos)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, written = random.Random(seed), 0
+    for path in sorted(p for p in photos.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")):
+        caption = path.with_suffix(".txt").read_text() if path.with_suffix(".txt").exists() else ""
+        with Image.open(path) as source:
+            photo = source.convert("RGB")
+        for k in range(crops_per_photo):
+            side = int(min(photo.size) * rng.uniform(0.5, 1.0))
+            left, top = rng.randint(0, photo.width - side), rng.randint(0, photo.height - side)
+            crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            crop.save(folder / f"{path.stem}-{k}.png")
+            (folder / f"{path.stem}-{k}.txt").write_text(caption)
+            written += 1
+    return written
+
+
 def ingest(images: Path, *, index: Path, storage: str, config_path: Path) -> None:
     done = subprocess.run([*swarm_command(), "ingest", str(images), "--index", str(index), "--storage", storage,
                            "--config", str(config_path), "--no-progress"], capture_output=True, text=True,

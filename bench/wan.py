@@ -35,7 +35,7 @@ from bench._wan_figures import (
     training_window,
 )
 from bench._wan_net import Wan, bytes_between, can_make_namespaces
-from bench._wan_swarm import ModeRun, ingest, run_mode
+from bench._wan_swarm import ModeRun, ingest, run_mode, write_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wan.json"
 MODES = ("solo", "dp", "sync", "diloco")
@@ -123,6 +123,7 @@ def main() -> int:
     parser.add_argument("--data-epochs", type=int, default=0, help="passes over the data (0: budget / dataset)")
     parser.add_argument("--budget", type=int, default=2400, help="samples the swarm trains in each mode")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--crops-per-photo", type=int, default=8, help="dataset: random 64x64 crops of each photo")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one mode may take")
     parser.add_argument("--workdir", default="runs/bench-wan")
     parser.add_argument("--results", default=str(RESULTS), help="(default: %(default)s)")
@@ -134,12 +135,11 @@ def main() -> int:
         print(f"bench wan skipped: it {why_not}", file=sys.stderr)
         return 0
     from swarm.shutdown import on_shutdown_signals, raise_keyboard_interrupt
-    from swarm_launcher.demo_images import write_demo_folder
     from swarm_trainer.model import build_tiny
 
     workdir = Path(args.workdir).resolve()
     images = workdir / "images"
-    n_images = write_demo_folder(images)
+    n_images = write_dataset(images, crops_per_photo=args.crops_per_photo, size=64, seed=args.seed)
     data_epochs = args.data_epochs or max(1, round(args.budget / n_images))
     budget = n_images * data_epochs
     params = sum(p.numel() for p in build_tiny(seed=args.seed).unet.parameters())
@@ -197,12 +197,13 @@ def _write(result: dict, path: Path, *, args, budget: int, data_epochs: int, n_i
     result.update(top_level(result))
     result["setup"] = {
         "peers": args.peers, "batch_size": args.batch_size, "budget": budget, "data_epochs": data_epochs,
-        "dataset": f"{n_images} demo photographs (scikit-image) with captions, 64x64", "seed": args.seed,
+        "dataset": f"{n_images} images: {args.crops_per_photo} random 64x64 crops of each demo photograph "
+                   f"(scikit-image) with its caption", "seed": args.seed,
         "model": f"tiny SD-shaped (diffusers test UNet, {params} parameters), fp32 on CPU, 1 torch thread per peer",
         "bytes_per_sample": "all peers' wan interface bytes (tx + rx) over the whole run / samples the swarm trained",
         "svc_bytes_per_sample": "the same on the unshaped link to the coordinator and dataset service (data)",
-        "final_loss": "peer 0's final checkpoint: SD loss on every image (fixed latents), 8 fixed draws of noise and "
-                      "timesteps",
+        "final_loss": "peer 0's final checkpoint: SD loss on 64 of the images (fixed latents), 4 fixed draws of "
+                      "noise and timesteps",
         "host": platform.platform(), "cpu_count": __import__("os").cpu_count(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
