@@ -25,18 +25,29 @@ class PseudoGradientAverager(DecentralizedAverager):
     """DecentralizedAverager over `averaged_tensors`, serving `state_source()` as its state."""
 
     def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *,
-                 state_source: Callable[[], tuple[dict, list[torch.Tensor]]], **kwargs):
+                 state_source: Callable[[], tuple[dict, list[torch.Tensor]]],
+                 reference_tensors: Sequence[torch.Tensor] = (), **kwargs):
         # Set before the base class starts its state-serving thread, which may call get_current_state at once.
         self._state_source = state_source
+        # The local tensors a downloaded state's leading tensors are comparable with (the outer parameters), in
+        # shared memory so the averager's own process sees their current values: its pseudo-gradient buffer is
+        # not what a state download should be measured against.
+        for tensor in reference_tensors:
+            tensor.share_memory_()
+        self._reference_tensors = tuple(reference_tensors)
         super().__init__(averaged_tensors=averaged_tensors, dht=dht, **kwargs)
 
     def get_current_state(self):
         metadata, tensors = self._state_source()
         return metadata, tensors, None
 
+    def state_reference(self) -> tuple[torch.Tensor, ...]:
+        """What a downloaded state is checked against (the trust layer's distance check)."""
+        return self._reference_tensors
 
-def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, compression, client_mode: bool,
-                   matchmaking_time: float, averaging_timeout: float, initial_group_bits: str,
+
+def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, reference_tensors, compression,
+                   client_mode: bool, matchmaking_time: float, averaging_timeout: float, initial_group_bits: str,
                    averager_class: type | None = None, extra_kwargs: dict | None = None) -> PseudoGradientAverager:
     """Start the averager (it forks a process: call it from the main thread).
 
@@ -47,7 +58,7 @@ def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, comp
 
     cls = averager_class or PseudoGradientAverager
     return cls(
-        [buffer], dht, state_source=state_source, prefix=prefix, start=True,
+        [buffer], dht, state_source=state_source, reference_tensors=reference_tensors, prefix=prefix, start=True,
         compression=compression,
         # Joiners get the outer state exactly: fp16 would round the outer parameters away from the swarm's.
         state_compression=NoCompression(),

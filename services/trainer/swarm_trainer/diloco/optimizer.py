@@ -107,7 +107,7 @@ class DiLoCoOptimizer:
         self._stopping = threading.Event()
         self.prefix = f"{run_id}_diloco"
         self.averager = build_averager(
-            buffer=buffer, dht=dht, prefix=self.prefix, state_source=self._served_state,
+            buffer=buffer, dht=dht, prefix=self.prefix, state_source=self._served_state, reference_tensors=[self.outer],
             compression=wire_compression(settings.compression), client_mode=client_mode,
             matchmaking_time=timeouts.matchmaking, averaging_timeout=timeouts.averaging,
             initial_group_bits=group_bits(0), averager_class=averager_class, extra_kwargs=averager_kwargs)
