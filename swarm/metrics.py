@@ -1,19 +1,41 @@
-"""Prometheus `/metrics` (and small JSON routes such as the bootstrap DHT's `/multiaddrs`) over plain HTTP."""
+"""Prometheus `/metrics` (and small JSON routes such as the bootstrap DHT's `/multiaddrs`) over plain HTTP.
+
+Every service's `--metrics-host` defaults to loopback, so a host's metrics (peer names, rates, addresses) are not on
+the internet by accident; the container images set SWARM_METRICS_HOST=0.0.0.0 (a container's port is reachable only
+where it is published, and Prometheus scrapes it over the compose network).
+"""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+METRICS_HOST_ENV = "SWARM_METRICS_HOST"
+LOOPBACK = "127.0.0.1"
+
+
+def default_metrics_host() -> str:
+    """The interface /metrics binds when no --metrics-host is given: $SWARM_METRICS_HOST, else loopback."""
+    return os.environ.get(METRICS_HOST_ENV) or LOOPBACK
+
+
+def add_metrics_host_arg(parser) -> None:
+    """The one --metrics-host flag every service has."""
+    parser.add_argument("--metrics-host", default=default_metrics_host(), metavar="HOST",
+                        help=f"interface of the /metrics server (default: %(default)s; ${METRICS_HOST_ENV} changes "
+                             f"it; 0.0.0.0 for a Prometheus on another machine)")
+
 
 class MetricsServer:
     """Serves `/metrics` from the default registry, `/healthz`, and any extra JSON routes given."""
 
-    def __init__(self, *, host: str = "0.0.0.0", port: int = 0,
+    def __init__(self, *, host: str | None = None, port: int = 0,
                  json_routes: dict[str, Callable[[], Any]] | None = None):
+        host = host or default_metrics_host()
         routes = dict(json_routes or {})
 
         class Handler(BaseHTTPRequestHandler):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from swarm.cliargs import port_arg
 from swarm.logs import get_logger
+from swarm.metrics import LOOPBACK
 from swarm.procs import free_port, write_ready_file
 from swarm.shutdown import interrupt_on_sigterm
 from swarm_launcher.processes import ServiceProcess, start_service
@@ -55,13 +56,15 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
                index_path: str | None = None, storage: str | None = None, s3_endpoint_url: str | None = None,
                bind_host: str = "0.0.0.0", public_host: str | None = None, coordinator_port: int = 50051,
                dataset_port: int = 50052, dht_port: int = 31337, dht_announce_maddrs: list[str] | None = None,
-               metrics_ports: tuple[int, int, int] = (9100, 9101, 9103), lease_ttl: float | None = None,
+               metrics_ports: tuple[int, int, int] = (9100, 9101, 9103), metrics_host: str | None = None,
+               lease_ttl: float | None = None,
                peer_ttl: float | None = None, heartbeat_interval: float | None = None,
                status_port: int | None = 8080, token_contact: str | None = None,
                ready_timeout: float = 120.0) -> HostServices:
     """Start bootstrap DHT, coordinator and dataset service; return once all three serve.
 
-    `status_port` (None: off, 0: a free one) is the coordinator's public status page.
+    `status_port` (None: off, 0: a free one) is the coordinator's public status page. `metrics_host` is where the
+    three /metrics servers listen (None: each service's default, loopback unless $SWARM_METRICS_HOST).
     """
     # The coordinator and the dataset service each need the other's address before either is up, so port 0 is
     # resolved to a free port here rather than by the services themselves.
@@ -74,12 +77,17 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
     storage = storage or f"file://{workdir / 'objects'}"
     coordinator_metrics, dataset_metrics, dht_metrics = metrics_ports
     logs = workdir / "logs"
+    metrics_host_args = ["--metrics-host", metrics_host] if metrics_host else []
+    # Where the coordinator reads the bootstrap DHT's /multiaddrs: that interface, or loopback for a wildcard.
+    metrics_reach = LOOPBACK if metrics_host in (None, "", "0.0.0.0", "::") else metrics_host
 
     started: list[ServiceProcess] = []
     try:
         bootstrap = start_service("bootstrap-dht", [
             "bootstrap-dht", "--identity-path", str(workdir / "bootstrap.key"),
-            "--host-maddrs", f"/ip4/{bind_host}/tcp/{dht_port}", "--metrics-port", str(dht_metrics),
+            # The coordinator's key (beside its database): the DHT admits only peers with its credentials.
+            "--coordinator-key-file", str(workdir / "coordinator-signing.key"),
+            "--host-maddrs", f"/ip4/{bind_host}/tcp/{dht_port}", "--metrics-port", str(dht_metrics), *metrics_host_args,
             *(["--announce-maddrs", *dht_announce_maddrs] if dht_announce_maddrs else []),
         ], workdir=logs)
         started.append(bootstrap)
@@ -90,7 +98,8 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         coordinator_args = [
             "coordinator", "--listen", f"{bind_host}:{coordinator_port}", "--db", str(db_path), "--run-id", run_id,
             "--dataset", f"127.0.0.1:{dataset_port}", "--metrics-port", str(coordinator_metrics),
-            "--bootstrap-peers-url", f"http://127.0.0.1:{bootstrap.info['metrics_port']}/multiaddrs",
+            "--bootstrap-peers-url", f"http://{metrics_reach}:{bootstrap.info['metrics_port']}/multiaddrs",
+            *metrics_host_args,
         ]
         for flag, value in (("--config", config_path), ("--lease-ttl", lease_ttl), ("--peer-ttl", peer_ttl),
                             ("--heartbeat-interval", heartbeat_interval), ("--status-port", status_port),
@@ -108,6 +117,7 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         dataset = start_service("dataset", [
             "dataset", "serve", "--listen", f"{bind_host}:{dataset_port}", "--index", index_path,
             "--storage", storage, "--coordinator", coordinator_address, "--metrics-port", str(dataset_metrics),
+            *metrics_host_args,
             *(["--s3-endpoint-url", s3_endpoint_url] if s3_endpoint_url else []),
         ], workdir=logs)
         started.append(dataset)
@@ -145,6 +155,13 @@ def register(subparsers) -> None:
     p.add_argument("--status-port", type=port_arg, default=8080,
                    help="port of the public, read-only status page (default: %(default)s)")
     p.add_argument("--no-status-page", action="store_true", help="serve no status page")
+    p.add_argument("--metrics-ports", type=port_arg, nargs=3, default=[9100, 9101, 9103],
+                   metavar=("COORDINATOR", "DATASET", "DHT"),
+                   help="/metrics ports of the coordinator, dataset service and bootstrap DHT; 0 picks a free one "
+                        "(default: %(default)s)")
+    p.add_argument("--metrics-host", default=None, metavar="HOST",
+                   help="interface of the three /metrics servers (default: loopback, or $SWARM_METRICS_HOST); "
+                        "0.0.0.0 for a Prometheus on another machine")
     p.add_argument("--token-contact", metavar="TEXT",
                    help="where newcomers ask for a join token (a URL, a chat channel), shown on the status page")
     p.add_argument("--ready-file", help="write the addresses as JSON once every service serves")
@@ -166,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
                           storage=args.storage, s3_endpoint_url=args.s3_endpoint_url, bind_host=args.bind_host,
                           public_host=args.public_host, coordinator_port=args.coordinator_port,
                           dataset_port=args.dataset_port, dht_port=args.dht_port,
-                          dht_announce_maddrs=args.dht_announce_maddrs,
+                          dht_announce_maddrs=args.dht_announce_maddrs, metrics_ports=tuple(args.metrics_ports),
+                          metrics_host=args.metrics_host,
                           status_port=None if args.no_status_page else args.status_port,
                           token_contact=args.token_contact)
     except (RuntimeError, TimeoutError) as e:  # a service that would not start says why in its log tail

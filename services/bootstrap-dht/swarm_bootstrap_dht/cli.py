@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from swarm.cliargs import port_arg, positive_float_arg
+from swarm.metrics import add_metrics_host_arg
 
 
 def register(subparsers) -> None:
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                    help="seconds between routing-table refreshes (default: %(default)s)")
     p.add_argument("--metrics-port", type=port_arg, default=9103,
                    help="HTTP port for /metrics and /multiaddrs (0 = any)")
+    add_metrics_host_arg(p)
     p.add_argument("--ready-file", help="write a JSON object with peer_id, multiaddrs and metrics_port once serving")
     p.set_defaults(func=run)
 
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
             identity_path=args.identity_path, host_maddrs=tuple(args.host_maddrs),
             announce_maddrs=tuple(args.announce_maddrs), initial_peers=tuple(args.initial_peers),
             use_relay=args.use_relay, refresh_period=args.refresh_period, metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
             ready_file=args.ready_file)
     except ValueError as e:
         raise UsageError(str(e)) from None

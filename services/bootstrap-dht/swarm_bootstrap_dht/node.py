@@ -40,6 +40,7 @@ class BootstrapSettings:
     use_relay: bool = True  # libp2p circuit relay: lets NAT-ed peers reach each other through us
     refresh_period: float = 30.0  # seconds between routing-table refreshes
     metrics_port: int = 9103  # /metrics and /multiaddrs; 0 picks a free one
+    metrics_host: str | None = None  # None: loopback unless $SWARM_METRICS_HOST (swarm.metrics)
     ready_file: str | None = None  # JSON {peer_id, multiaddrs, metrics_port} once serving
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ def start(settings: BootstrapSettings) -> BootstrapNode:
                                                  identity=identity)) from e
     try:
         peer_id, multiaddrs = str(dht.peer_id), [str(m) for m in dht.get_visible_maddrs()]
-        metrics = MetricsServer(port=settings.metrics_port,
+        metrics = MetricsServer(host=settings.metrics_host, port=settings.metrics_port,
                                 json_routes={"/multiaddrs": lambda: {"peer_id": peer_id, "multiaddrs": multiaddrs}})
     except BaseException:
         dht.shutdown()

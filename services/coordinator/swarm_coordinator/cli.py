@@ -8,6 +8,7 @@ import sys
 import time
 
 from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg
+from swarm.metrics import add_metrics_host_arg
 from swarm.runconfig import RESTART_KEYS
 from swarm_coordinator.settings import MAX_GRPC_WORKERS, CoordinatorSettings
 from swarm_coordinator.statuspage.settings import (
@@ -62,6 +63,7 @@ def register(subparsers) -> None:
                         "(default: %(default)s)")
     p.add_argument("--metrics-port", type=port_arg, default=9100, metavar="N",
                    help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
+    add_metrics_host_arg(p)
     p.add_argument("--ready-file", metavar="PATH",
                    help="write {grpc_address, metrics_port, ...} as JSON here once serving")
     page = p.add_argument_group("public status page", "a read-only web page of the run for everyone (off unless "
@@ -147,7 +149,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
             bootstrap_peers=tuple(args.bootstrap_peers), bootstrap_peers_url=args.bootstrap_peers_url,
             lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl, heartbeat_interval=args.heartbeat_interval,
             sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers,
-            metrics_port=args.metrics_port, ready_file=args.ready_file, status_page=_status_page(args))
+            metrics_port=args.metrics_port, metrics_host=args.metrics_host, ready_file=args.ready_file,
+            status_page=_status_page(args))
     except ValueError as e:  # ConfigError included: a bad --run-id
         raise UsageError(str(e)) from None
     try:

@@ -6,9 +6,10 @@ caller could get wrong; the CLI checks flag syntax before (with the flag's name 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from swarm import cliargs
+from swarm.metrics import default_metrics_host
 from swarm.runconfig import RunConfig, validate_run_id
 from swarm_coordinator.statuspage.settings import StatusPageSettings
 
@@ -39,7 +40,7 @@ class CoordinatorSettings:
     max_workers: int = 4  # threads answering RPCs; calls are short and share one lock
     token_cache_ttl: float = 5.0  # seconds a join token check is cached (a revoked token stops within this)
     metrics_port: int | None = 9100  # None: no /metrics
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = field(default_factory=default_metrics_host)  # loopback unless $SWARM_METRICS_HOST
     ready_file: str | None = None  # JSON {grpc_address, metrics_port, config_version, run_id} once serving
     status_page: StatusPageSettings | None = None  # the public read-only status page; None: not served
     # Admission (swarm.trust): the Ed25519 key that signs credentials (created at first start, 0600; None: beside

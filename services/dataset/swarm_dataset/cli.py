@@ -5,6 +5,7 @@ import argparse
 import json
 
 from swarm.cliargs import port_arg, positive_float_arg, positive_int_arg
+from swarm.metrics import add_metrics_host_arg
 
 
 def _add_bucket_args(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +83,7 @@ def register(subparsers) -> None:
                        help="check every caller's join token with this coordinator (without it the service is open)")
     serve.add_argument("--metrics-port", type=port_arg, default=9101,
                        help="Prometheus /metrics port (0: any free port)")
+    add_metrics_host_arg(serve)
     serve.add_argument("--ready-file", metavar="PATH",
                        help="write {grpc_address, metrics_port} as JSON here once serving")
     serve.add_argument("--workers", type=positive_int_arg, default=None,
@@ -180,7 +182,8 @@ def _run_serve(args) -> int:
     try:
         return serve(index_path=args.index, listen=args.listen, storage_url=args.storage,
                      s3_endpoint_url=args.s3_endpoint_url, coordinator=args.coordinator,
-                     metrics_port=args.metrics_port, workers=args.workers, read_ahead=args.read_ahead,
+                     metrics_port=args.metrics_port, metrics_host=args.metrics_host, workers=args.workers,
+                     read_ahead=args.read_ahead,
                      default_encoding=args.encoding, default_quality=args.quality, ready_file=args.ready_file)
     except (FileNotFoundError, StorageError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None

@@ -231,7 +231,8 @@ class DatasetServer:
 
 def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url: str | None = None,
                  s3_endpoint_url: str | None = None, coordinator: str | None = None, metrics_port: int | None = 9101,
-                 workers: int | None = None, read_ahead: int | None = None, default_encoding: str = "jpeg",
+                 metrics_host: str | None = None, workers: int | None = None, read_ahead: int | None = None,
+                 default_encoding: str = "jpeg",
                  default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
                  token_ttl_s: float = 60.0) -> DatasetServer:
     """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
@@ -266,7 +267,7 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     server.start()
     rpc.set_serving(health, SERVICE_NAME)
     INDEX_SAMPLES.set_function(index.count)
-    metrics = MetricsServer(port=metrics_port) if metrics_port is not None else None
+    metrics = MetricsServer(host=metrics_host, port=metrics_port) if metrics_port is not None else None
     logger.info(f"dataset service on {address} ({index.count()} samples, storage {storage.url}, {workers} workers"
                 + (f", metrics on :{metrics.port}" if metrics else "") + ")")
     return DatasetServer(server=server, address=address, metrics=metrics, pool=pool, index=index,

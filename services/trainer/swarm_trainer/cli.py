@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg, positive_int_arg
+from swarm.metrics import add_metrics_host_arg
 
 COMPRESSIONS = ("none", "fp16", "8bit", "adaptive")  # swarm_trainer.swarm.COMPRESSIONS, without importing torch
 MAX_BATCH_SIZE = 4096
@@ -69,6 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint, e.g. the host's MinIO")
     p.add_argument("--metrics-port", type=port_arg, default=9102,
                    help="Prometheus /metrics port; 0 picks a free one (default: %(default)s)")
+    add_metrics_host_arg(p)
     p.add_argument("--ready-file", help="write {peer_id, metrics_port, multiaddrs, ...} as JSON here once the DHT "
                                         "and optimizer are up")
     p.add_argument("--wandb-project", default=None,
@@ -129,7 +131,8 @@ def options_from_args(args):
         features=PeerFeatures(gradient_checkpointing=args.gradient_checkpointing, xformers=args.xformers,
                               use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
                               ema_offload=args.ema_offload),
-        barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, ready_file=args.ready_file,
+        barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        ready_file=args.ready_file,
         progress=args.progress, upload_checkpoints=args.upload_checkpoints, s3_endpoint_url=args.s3_endpoint_url,
         wandb_project=args.wandb_project)
 

@@ -35,6 +35,7 @@ class TrainerOptions:
     features: PeerFeatures = field(default_factory=PeerFeatures)
     barrier_timeout: float = 300.0
     metrics_port: int = 9102
+    metrics_host: str | None = None  # None: loopback unless $SWARM_METRICS_HOST (swarm.metrics)
     ready_file: str | None = None
     rpc_timeout: float = 30.0
     lease_poll_s: float = 2.0  # how often to ask again when no chunk is free yet

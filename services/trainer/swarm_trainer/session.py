@@ -79,7 +79,7 @@ def join(run) -> None:
         run.wandb_run = wandb.init(project=options.wandb_project, name=options.name, config={
             "run_id": run.run_id, "config_version": run.config_version, "peer_id": run.peer_id,
             "batch_size": options.batch_size, "precision": precision, **json.loads(run.config.to_json())})
-    run.metrics_server = MetricsServer(port=options.metrics_port)
+    run.metrics_server = MetricsServer(host=options.metrics_host, port=options.metrics_port)
     write_ready_file(options.ready_file, **run.ready_info())
     run.start_heartbeat(registration.heartbeat_interval_s or 30.0)
     logger.info(f"training on {device} ({precision}), batch size {options.batch_size}; metrics on port "
