@@ -105,6 +105,9 @@ class DiLoCoOptimizer:
         self._pending: Future | None = None  # the all-reduce of the last round, until applied
         self._pending_blocks: torch.Tensor | None = None
         self._stopping = threading.Event()
+        # Calls into the averager's process go through one pipe; the main thread (new round, state download) and the
+        # all-reduce thread both send on it, and interleaved messages would corrupt it.
+        self._pipe_lock = threading.Lock()
         self.prefix = f"{run_id}_diloco"
         self.averager = build_averager(
             buffer=buffer, dht=dht, prefix=self.prefix, state_source=self._served_state, reference_tensors=[self.outer],
@@ -170,7 +173,8 @@ class DiLoCoOptimizer:
         with self.tracker.pause_updates():
             self.tracker.update_epoch(epoch)
         if not self.client_mode:
-            self.averager.state_sharing_priority = epoch
+            with self._pipe_lock:
+                self.averager.state_sharing_priority = epoch
 
     @torch.no_grad()
     def _apply_pending(self) -> str | None:
@@ -222,14 +226,16 @@ class DiLoCoOptimizer:
             logger.info(f"DiLoCo round {finished_round}: no other peer in this round; stepping alone")
             self.last_group_size = 1
             return ALONE
-        self.averager.set_group_bits(group_bits(finished_round))
         remaining = deadline - time.monotonic()
         if remaining <= self.timeouts.matchmaking:
             remaining = self.timeouts.matchmaking * 2  # the wait used it all up; still give matchmaking a chance
         try:
-            gathered = self.averager.step(gather=finished_round, weight=weight, timeout=remaining,
-                                          scheduled_time=get_dht_time() + self.timeouts.matchmaking,
-                                          allow_retries=True)
+            with self._pipe_lock:
+                self.averager.set_group_bits(group_bits(finished_round))
+                control = self.averager.step(gather=finished_round, weight=weight, timeout=remaining,
+                                             scheduled_time=get_dht_time() + self.timeouts.matchmaking,
+                                             allow_retries=True, wait=False)
+            gathered = control.result()
         except Exception as e:  # noqa: BLE001 - a failed round must not stop training
             logger.warning(f"DiLoCo round {finished_round}: all-reduce failed ({e!r})")
             self.last_group_size = 1
@@ -298,7 +304,13 @@ class DiLoCoOptimizer:
                 self._pending.result()
             except Exception:  # noqa: BLE001 - superseded by the downloaded state
                 pass
-        loaded = self.averager.load_state_from_peers(timeout=self.timeouts.load_state)
+        with self._pipe_lock:
+            download = self.averager.load_state_from_peers(wait=False, timeout=self.timeouts.load_state)
+        try:
+            loaded = download.result(timeout=self.timeouts.load_state + 5)
+        except Exception as e:  # noqa: BLE001 - a failed download keeps this peer's own state
+            logger.warning(f"DiLoCo: downloading the outer state failed ({e!r}); keeping this peer's own")
+            return False
         if loaded is None:
             logger.warning("DiLoCo: no peer could serve its state; keeping this peer's own")
             return False
