@@ -32,6 +32,12 @@ def swarm_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "swarm_launcher"]
 
 
+def supported_flags(subcommand: list[str], *flags: str) -> set[str]:
+    """Which of `flags` `swarm SUBCOMMAND --help` knows (the bench runs on a tree whose CLI keeps growing)."""
+    done = subprocess.run([*swarm_command(), *subcommand, "--help"], capture_output=True, text=True, timeout=120)
+    return {flag for flag in flags if flag in done.stdout}
+
+
 @dataclass
 class Proc:
     name: str
@@ -140,10 +146,15 @@ def run_mode(wan: Wan, *, name: str, workdir: Path, run_config: dict, index: Pat
     config_path = workdir / "run.yaml"
     config_path.write_text(yaml.safe_dump(run_config))
     host_wan, host_svc = wan.host_ip(WAN_NET), wan.host_ip(SVC_NET)
+    # As `swarm host` runs it: the DHT admits only peers with the coordinator's credentials (swarm.trust).
+    trust = ["--coordinator-key-file", str(workdir / "coordinator-signing.key")] if supported_flags(
+        ["bootstrap-dht"], "--coordinator-key-file") else []
+    # The poller scrapes every trainer's /metrics from the host's namespace, over the svc network.
+    metrics_host = ["--metrics-host", "0.0.0.0"] if supported_flags(["train"], "--metrics-host") else []
     procs: list[Proc] = []
     try:
         dht = start(wan, wan.host, "bootstrap-dht", [
-            "bootstrap-dht", "--identity-path", str(workdir / "bootstrap.key"),
+            "bootstrap-dht", "--identity-path", str(workdir / "bootstrap.key"), *trust,
             "--host-maddrs", f"/ip4/{host_wan}/tcp/{DHT_PORT}", "--metrics-port", "9103"], logs=logs)
         procs.append(dht)
         dht.wait_ready()
@@ -176,7 +187,8 @@ def run_mode(wan: Wan, *, name: str, workdir: Path, run_config: dict, index: Pat
             "train", "--coordinator", f"{host_svc}:{COORDINATOR_PORT}", "--output-dir", str(workdir / f"trainer-{i}"),
             "--name", f"wan-peer-{i}", "--batch-size", str(batch_size), "--device", "cpu", "--precision", "fp32",
             "--host-maddrs", f"/ip4/{wan.peer_ip(i)}/tcp/{P2P_PORT}", "--metrics-port", str(METRICS_PORT),
-            "--no-progress", *trainer_args], logs=logs, env={"SWARM_TOKEN": token}) for i in range(wan.peers)]
+            "--no-progress", *metrics_host, *trainer_args], logs=logs, env={"SWARM_TOKEN": token})
+            for i in range(wan.peers)]
         procs += trainers
         deadline = time.monotonic() + timeout
         while any(t.popen.poll() is None for t in trainers):
