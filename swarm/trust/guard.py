@@ -28,6 +28,7 @@ plain peers stay wire-compatible (an outsider running plain hivemind reaches our
 """
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import defaultdict
@@ -181,9 +182,10 @@ class AveragerGuard:
                 self._count(peer, verdict)
                 if verdict == DROPPED:
                     self._ban(peer)
-                if verdict != ACCEPTED:
-                    logger.warning(f"{self.prefix}: {verdict} the contribution of {peer} "
-                                   f"(token {self._trust_tokens.get(peer.to_base58(), '?')!r})")
+                if verdict != ACCEPTED:  # clipping happens to honest peers too: only a drop is worth a warning
+                    logger.log(logging.WARNING if verdict == DROPPED else logging.INFO,
+                               f"{self.prefix}: {verdict} the contribution of {peer} "
+                               f"(token {self._trust_tokens.get(peer.to_base58(), 'this peer')!r})")
 
     # --- state downloads ---
 

@@ -59,6 +59,17 @@ def is_finite_part(part: torch.Tensor) -> bool:
     return bool(torch.isfinite(part).all())
 
 
+def first_non_finite(named_tensors) -> str | None:
+    """The name of the first tensor holding NaN or Inf among (name, tensor) pairs, or None when all are finite.
+
+    Guards what must never hold a poisoned model: a checkpoint is not written with non-finite weights, so keep-last-K
+    never prunes a good checkpoint to make room for a bad one."""
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not is_finite_part(tensor.detach()):
+            return name
+    return None
+
+
 def capped_weights(weights: Sequence[float], *, caps: Sequence[float], rules: RobustRules) -> list[float]:
     """Each claimed weight cut to its cap (0 = no cap) and to `weight_cap_multiple` x the median claim.
 
@@ -98,8 +109,8 @@ def centered_clip(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
     if not float(w.sum()) > 0:
         w = torch.ones(n)
     w = w / w.sum()
-    if n == 1:
-        return stacked[0].clone(), [False]
+    if n <= 2:  # no majority to clip toward: the weighted mean (non-finite parts and weights are handled before)
+        return (w.view((n,) + (1,) * (stacked.dim() - 1)) * stacked).sum(dim=0), [False] * n
     centre = _coordinate_median(stacked)
     distances = (stacked - centre).flatten(1).norm(dim=1)
     tau = rules.tau_multiple * float(distances.median())

@@ -99,13 +99,25 @@ def recover_interrupted(output_dir: str | Path) -> None:
             logger.warning(f"restored checkpoint {final} (a save that replaced it was interrupted)")
 
 
+class NonFiniteWeights(ValueError):
+    """The model to save holds NaN or Inf: nothing was written, nothing pruned."""
+
+
 def save_checkpoint(models, output_dir: str | Path, *, epoch: int, keep: int, ema_unet=None,
                     extra_files: dict[str, bytes] | None = None) -> Path:
     """Save the models as checkpoints/epoch-NNNNNN (replacing one of the same epoch), then prune to `keep`.
 
     Raises when the save fails (disk full, say: OSError, or safetensors' own error); the temporary folder is removed
-    and every checkpoint saved before stays whole.
+    and every checkpoint saved before stays whole. Raises NonFiniteWeights, saving and pruning nothing, when a weight
+    is NaN or Inf (issue 10: a poisoned model never pushes the last good checkpoint out).
     """
+    from swarm.trust.robust import first_non_finite
+
+    for part in (models.unet, models.text_encoder, ema_unet):
+        bad = first_non_finite(part.named_parameters()) if part is not None else None
+        if bad is not None:
+            raise NonFiniteWeights(f"not saving epoch {epoch}: parameter {bad} is NaN or Inf; the checkpoints saved "
+                                   f"before are kept")
     final = checkpoint_dir(output_dir, epoch)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}"
     old = final.parent / f"{OLD_PREFIX}{final.name}"
