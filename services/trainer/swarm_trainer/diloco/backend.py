@@ -109,6 +109,11 @@ class DiLoCoBackend:
     def peers_in_last_round(self) -> int:
         return int(self.optimizer.last_group_size)
 
+    def trust_stats(self) -> dict[str, dict]:
+        """Per groupmate: accepted/clipped/dropped/refused as the trust guard counted (empty without checks)."""
+        stats = getattr(self.optimizer.averager, "trust_stats", None)
+        return stats() if stats is not None else {}
+
     def shutdown(self) -> None:
         self.optimizer.shutdown()
 
