@@ -28,12 +28,24 @@ LONG_RUNNING = {"minio", "coordinator", "dataset", "bootstrap-dht", "prometheus"
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
+def host_env(tmp_path_factory):
+    """example.env as a host fills it in: it ships no passwords, and compose refuses it until they are set
+    (test_compose_secrets.py)."""
+    text = EXAMPLE_ENV.read_text()
+    for name in ("MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        text = text.replace(f"\n{name}=\n", f"\n{name}=test-secret-0123456789\n")
+    path = tmp_path_factory.mktemp("env") / "host.env"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compose(host_env) -> dict:
     """The compose model as docker-compose resolves it: example.env interpolated, every profile enabled."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed: `make test-deps` installs Debian's docker-compose package")
-    result = subprocess.run([binary, "--env-file", str(EXAMPLE_ENV), "-f", str(COMPOSE_FILE), "--profile", "gpu",
+    result = subprocess.run([binary, "--env-file", str(host_env), "-f", str(COMPOSE_FILE), "--profile", "gpu",
                              "--profile", "ingest", "config"], capture_output=True, text=True, timeout=60,
                             cwd=REPO)
     assert result.returncode == 0, f"docker-compose rejects docker-compose.yml:\n{result.stderr}"
@@ -78,11 +90,11 @@ def _parse(name: str, service: dict):
         pytest.fail(f"service {name}: `swarm {' '.join(args)}` is not a valid swarm command line (exit {e.code})")
 
 
-def test_compose_file_validates_quietly():
+def test_compose_file_validates_quietly(host_env):
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed: `make test-deps` installs Debian's docker-compose package")
-    result = subprocess.run([binary, "--env-file", str(EXAMPLE_ENV), "-f", str(COMPOSE_FILE), "config", "-q"],
+    result = subprocess.run([binary, "--env-file", str(host_env), "-f", str(COMPOSE_FILE), "config", "-q"],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
 
@@ -194,11 +206,11 @@ def test_restart_and_init_policies(compose):
         assert services[name].get("init") is True, f"{name}: hivemind's children need a reaping PID 1"
 
 
-def test_ci_override_builds_everything_here_and_leaves_grafana_out():
+def test_ci_override_builds_everything_here_and_leaves_grafana_out(host_env):
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed: `make test-deps` installs Debian's docker-compose package")
-    result = subprocess.run([binary, "--env-file", str(EXAMPLE_ENV), "-f", str(COMPOSE_FILE), "-f",
+    result = subprocess.run([binary, "--env-file", str(host_env), "-f", str(COMPOSE_FILE), "-f",
                              str(REPO / "deploy" / "compose.ci.yml"), "--profile", "gpu", "--profile", "ingest",
                              "config"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
