@@ -245,7 +245,10 @@ class AveragerGuard:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return f"tensor {i} is not finite"
         distance_sq, norm_sq = 0.0, 0.0
-        for remote, local in zip(tensors, self._averaged_tensors):
+        # An averager whose state is not its averaged tensors (DiLoCo's: it averages pseudo-gradients and serves the
+        # outer parameters) names what a state compares with in state_reference().
+        reference = self.state_reference() if hasattr(self, "state_reference") else self._averaged_tensors
+        for remote, local in zip(tensors, reference):
             if remote.shape != local.shape or not remote.is_floating_point():
                 break
             local = local.detach().float().cpu()
