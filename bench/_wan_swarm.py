@@ -208,6 +208,7 @@ def run_mode(wan: Wan, *, name: str, workdir: Path, run_config: dict, index: Pat
         for proc in reversed(procs):
             proc.stop(timeout=30)
         wan.kill_processes()
+    (workdir / "links.json").write_text(json.dumps(links))  # the interface counters over time, for a closer look
     summaries = [json.loads((workdir / f"trainer-{i}" / "summary.json").read_text()) for i in range(wan.peers)]
     progress = [json.loads(line) for line in progress_file.read_text().splitlines() if line.strip()]
     return ModeRun(name=name, workdir=workdir, summaries=summaries, progress=progress, links=links, wall_s=wall)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench._wan_figures import (
+    control_bytes_per_s,
     counted_bytes,
     eval_loss,
     interpolate,
@@ -87,12 +88,22 @@ def summarize(run: ModeRun, *, peers: int, budget: int, eval_set: dict) -> dict:
         "bytes_per_sample": round(wan_bytes / samples, 1),
         "bytes_per_sample_training_window": round(window_bytes / (s_done - s_first), 1),
         "wan_bytes": wan_bytes,
+        "wan_bytes_per_s_per_peer": round(window_bytes / (t_done - t_first) / peers, 1),
         "svc_bytes_per_sample": round(bytes_between(start, end, "svc") / samples, 1),
         "hivemind_bytes_counted_by_trainers": counted_bytes(run.progress, peers=peers),
         "global_epochs": max(s["global_epoch"] for s in run.summaries),
         "final_loss": round(eval_loss(Path(checkpoint) / "unet" if checkpoint else None, eval_set), 5),
         "train_loss_last": round(sum(s["loss_last"] for s in run.summaries) / peers, 5),
     }
+
+
+def net_reduction(modes: dict) -> float | None:
+    """dp / diloco bytes per sample over the training window, each less solo's (control traffic, no averaging)."""
+    if not all(m in modes for m in ("solo", "dp", "diloco")):
+        return None
+    key = "bytes_per_sample_training_window"
+    extra = modes["diloco"][key] - modes["solo"][key]
+    return round((modes["dp"][key] - modes["solo"][key]) / extra, 1) if extra > 0 else None
 
 
 def top_level(result: dict) -> dict:
@@ -105,6 +116,7 @@ def top_level(result: dict) -> dict:
 
     out = {"reduction_vs_dp": ratio("dp", "diloco", "bytes_per_sample"),
            "reduction_vs_dp_training_window": ratio("dp", "diloco", "bytes_per_sample_training_window"),
+           "reduction_vs_dp_net_of_control": net_reduction(modes),
            "diloco_utilization": modes.get("diloco", {}).get("utilization"),
            "loss_ratio": ratio("diloco", "dp", "final_loss"),
            "sync_loss_ratio": ratio("sync", "dp", "final_loss")}
@@ -123,6 +135,8 @@ def main() -> int:
     parser.add_argument("--data-epochs", type=int, default=0, help="passes over the data (0: budget / dataset)")
     parser.add_argument("--budget", type=int, default=2400, help="samples the swarm trains in each mode")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-control-allowance", dest="control_allowance", action="store_false",
+                        help="shape to the payload rate alone (hivemind's control traffic then competes for it)")
     parser.add_argument("--crops-per-photo", type=int, default=8, help="dataset: random 64x64 crops of each photo")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one mode may take")
     parser.add_argument("--workdir", default="runs/bench-wan")
@@ -157,6 +171,7 @@ def main() -> int:
         previous.get("setup", {}).get("batch_size") == args.batch_size
     result = {"benchmark": "wan", "modes": dict(previous.get("modes", {})) if same_setup else {},
               "scale": previous.get("scale") if same_setup else None}
+    _rescale(result, args=args, params=params)
     wan = Wan(peers=args.peers)
     on_shutdown_signals(raise_keyboard_interrupt)  # SIGTERM too: the namespaces must go whatever happens
     try:
@@ -176,10 +191,8 @@ def main() -> int:
             figures.update(link="shaped" if setup["shaped"] else "unshaped",
                            link_bytes_per_s=round(link_rate, 1) if setup["shaped"] else None,
                            run_config=setup["config"], trainer_flags=setup["args"])
-            if mode == "solo":
-                step_s = args.batch_size / figures["per_peer_samples_per_s"]
-                result["scale"] = scale_arithmetic(params=params, step_s=step_s, batch_size=args.batch_size)
             result["modes"][mode] = figures
+            _rescale(result, args=args, params=params)
             print(f"    {mode}: {json.dumps(figures)} ({time.monotonic() - started:.0f} s)", flush=True)
             _write(result, results, args=args, budget=budget, data_epochs=data_epochs, n_images=n_images,
                    params=params)
@@ -188,6 +201,15 @@ def main() -> int:
     result = json.loads(results.read_text()) if results.exists() else result
     print(json.dumps({k: v for k, v in result.items() if k not in ("modes", "setup")}, indent=2))
     return 0
+
+
+def _rescale(result: dict, *, args, params: int) -> None:
+    """The shaped link from solo's figures (its step time and its control traffic), whenever solo has run."""
+    solo = result["modes"].get("solo")
+    if solo:
+        allowance = control_bytes_per_s(solo) if args.control_allowance else 0.0
+        result["scale"] = scale_arithmetic(params=params, step_s=args.batch_size / solo["per_peer_samples_per_s"],
+                                           batch_size=args.batch_size, control_allowance=allowance)
 
 
 def _write(result: dict, path: Path, *, args, budget: int, data_epochs: int, n_images: int, params: int) -> None:

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from bench._wan_figures import interpolate, scale_arithmetic, scaled_link_rate, sd_ratio, training_window
+from bench._wan_figures import (
+    control_bytes_per_s,
+    interpolate,
+    scale_arithmetic,
+    scaled_link_rate,
+    sd_ratio,
+    training_window,
+)
 from bench._wan_net import bytes_between, tbf_args
 from bench._wan_poll import parse_trainer_metrics
 
@@ -13,11 +20,18 @@ def test_sd15_ratio_and_the_scaled_link_keep_it():
     assert sd_ratio() == pytest.approx(275.2)
     rate = scaled_link_rate(params=1_427_012, step_s=0.8)
     assert (1_427_012 * 2 / rate) / 0.8 == pytest.approx(sd_ratio())
-    scale = scale_arithmetic(params=1_427_012, step_s=0.8, batch_size=2)
+    scale = scale_arithmetic(params=1_427_012, step_s=0.8, batch_size=2, control_allowance=1000.0)
     assert scale["bench"]["check_ratio"] == pytest.approx(275.2)
-    assert scale["bench"]["link_bits_per_s"] == round(rate * 8)
+    assert scale["bench"]["payload_bits_per_s"] == round(rate * 8)
+    assert scale["bench"]["link_bytes_per_s"] == pytest.approx(rate + 1000.0, abs=0.1)
     with pytest.raises(ValueError):
         scaled_link_rate(params=0, step_s=1.0)
+
+
+def test_control_allowance_is_what_one_solo_peer_sends_per_second():
+    solo = {"bytes_per_sample_training_window": 1000.0, "per_peer_samples_per_s": 3.0}
+    # 1000 bytes (sent + received, all peers) per sample, 3 samples/s per peer: 3000 B/s per peer, 1500 each way.
+    assert control_bytes_per_s(solo) == pytest.approx(1500.0)
 
 
 def test_training_window_runs_from_every_peer_training_to_95_percent_of_the_budget():
