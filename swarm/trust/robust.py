@@ -83,41 +83,51 @@ def capped_weights(weights: Sequence[float], *, caps: Sequence[float], rules: Ro
 
 
 def far_outliers(parts: Sequence[torch.Tensor], *, rules: RobustRules) -> list[bool]:
-    """Which parts lie more than `outlier_multiple` x the median distance from the coordinate-wise median.
+    """Which parts lie more than `outlier_multiple` x the round's spread from the medoid (see `_medoid`).
 
     Such a part is no noisy honest gradient (x1e6, a wrong model): it is dropped outright rather than clipped, so it
     cannot pull the clipped average by tau every iteration. Needs 3 or more parts (with 2 there is no majority).
     """
     if len(parts) < 3:
         return [False] * len(parts)
-    stacked = torch.stack([p.float() for p in parts])
-    distances = (stacked - _coordinate_median(stacked)).flatten(1).norm(dim=1)
-    limit = rules.outlier_multiple * float(distances.median())
-    return [bool(d > limit) for d in distances] if limit > 0 else [False] * len(parts)
+    return _outliers(_pairwise_distances(torch.stack([p.float() for p in parts])), rules=rules)
+
+
+def _outliers(distances: torch.Tensor, *, rules: RobustRules) -> list[bool]:
+    medoid, spread = _medoid(distances)
+    limit = rules.outlier_multiple * spread
+    return [bool(d > limit) for d in distances[medoid]] if limit > 0 else [False] * distances.shape[0]
 
 
 def centered_clip(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
                   rules: RobustRules) -> tuple[torch.Tensor, list[bool]]:
     """(robust weighted centre, whether each input was clipped in the final iteration).
 
-    All parts must be finite and of one shape; weights >= 0. With zero total weight the inputs count equally
-    (hivemind would divide by zero and return NaN).
+    Starts from the medoid (the input with the smallest median distance to the others: as robust as a coordinate
+    median, and one small Gram matrix instead of a sort of every coordinate); tau = `tau_multiple` x the medoid's
+    median distance to the others. All parts must be finite and of one shape; weights >= 0. With zero total weight
+    the inputs count equally (hivemind would divide by zero and return NaN).
     """
-    stacked = torch.stack([p.float() for p in parts])  # (senders, elements)
+    return _centered_clip(torch.stack([p.float() for p in parts]), weights, rules=rules)
+
+
+def _centered_clip(stacked: torch.Tensor, weights: Sequence[float], *, rules: RobustRules,
+                   distances: torch.Tensor | None = None) -> tuple[torch.Tensor, list[bool]]:
     n = stacked.shape[0]
     w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
     if not float(w.sum()) > 0:
         w = torch.ones(n)
     w = w / w.sum()
-    if n <= 2:  # no majority to clip toward: the weighted mean (non-finite parts and weights are handled before)
-        return (w.view((n,) + (1,) * (stacked.dim() - 1)) * stacked).sum(dim=0), [False] * n
-    centre = _coordinate_median(stacked)
-    distances = (stacked - centre).flatten(1).norm(dim=1)
-    tau = rules.tau_multiple * float(distances.median())
-    clipped = [False] * n
-    if tau <= 0:  # at least half the inputs coincide with the median: that is the answer
-        return centre, [bool(d > 0) for d in distances]
     view = (n,) + (1,) * (stacked.dim() - 1)
+    if n <= 2:  # no majority to clip toward: the weighted mean (non-finite parts and weights are handled before)
+        return (w.view(view) * stacked).sum(dim=0), [False] * n
+    distances = _pairwise_distances(stacked) if distances is None else distances
+    medoid, spread = _medoid(distances)
+    centre = stacked[medoid].clone()
+    tau = rules.tau_multiple * spread
+    if tau <= 0:  # most inputs coincide with the medoid: that is the answer
+        return centre, [bool(d > 0) for d in distances[medoid]]
+    clipped = [False] * n
     for _ in range(rules.iterations):
         diffs = stacked - centre
         norms = diffs.flatten(1).norm(dim=1)
@@ -146,12 +156,20 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, c
             kept.append(i)
     if not kept:
         return None, verdicts
-    for i, outlier in zip(list(kept), far_outliers([parts[i] for i in kept], rules=rules)):
-        if outlier:
-            verdicts[i] = DROPPED
-            kept.remove(i)
+    stacked = torch.stack([parts[i].float() for i in kept])
+    distances = _pairwise_distances(stacked) if len(kept) >= 3 else None
+    if distances is not None:
+        outliers = _outliers(distances, rules=rules)
+        if any(outliers):
+            for i, outlier in zip(list(kept), outliers):
+                if outlier:
+                    verdicts[i] = DROPPED
+            inliers = [j for j, outlier in enumerate(outliers) if not outlier]
+            kept = [kept[j] for j in inliers]
+            stacked, distances = stacked[inliers], distances[inliers][:, inliers]
     kept_weights = capped_weights([weights[i] for i in kept], caps=[caps[i] for i in kept], rules=rules)
-    average, clipped = centered_clip([parts[i] for i in kept], kept_weights, rules=rules)
+    average, clipped = _centered_clip(stacked, kept_weights, rules=rules,
+                                      distances=distances if len(kept) >= 3 else None)
     for i, was_clipped in zip(kept, clipped):
         if was_clipped:
             verdicts[i] = CLIPPED
@@ -206,11 +224,19 @@ def _median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _coordinate_median(stacked: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise median over dim 0, the mean of the two middle values for an even count (torch takes the
-    lower one, which would let one of two senders set the centre alone)."""
-    n = stacked.shape[0]
-    ordered = stacked.sort(dim=0).values
-    if n % 2:
-        return ordered[n // 2].clone()
-    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+def _pairwise_distances(stacked: torch.Tensor) -> torch.Tensor:
+    """(n, n) Euclidean distances between the rows, through a float64 Gram matrix."""
+    flat = stacked.flatten(1).double()  # float32 would cancel away small distances between big inputs
+    squares = (flat * flat).sum(dim=1)
+    gram = flat @ flat.T
+    return (squares[:, None] + squares[None, :] - 2 * gram).clamp(min=0).sqrt()
+
+
+def _medoid(distances: torch.Tensor) -> tuple[int, float]:
+    """(index of the input with the smallest median distance to the others, that distance). The lower median, so
+    with 3 inputs two that coincide make the spread 0."""
+    n = distances.shape[0]
+    others = distances.masked_fill(torch.eye(n, dtype=torch.bool), float("inf")).sort(dim=1).values[:, :n - 1]
+    medians = others[:, (n - 2) // 2]
+    medoid = int(medians.argmin())
+    return medoid, float(medians[medoid])

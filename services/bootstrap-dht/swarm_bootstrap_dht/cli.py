@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--metrics-port", type=port_arg, default=9103,
                    help="HTTP port for /metrics and /multiaddrs (0 = any)")
     add_metrics_host_arg(p)
+    p.add_argument("--coordinator-key-file", metavar="PATH",
+                   help="the coordinator's credential signing key (beside its database: coordinator-signing.key); "
+                        "when given, only peers with a credential from that coordinator may use this DHT")
     p.add_argument("--ready-file", help="write a JSON object with peer_id, multiaddrs and metrics_port once serving")
     p.set_defaults(func=run)
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             announce_maddrs=tuple(args.announce_maddrs), initial_peers=tuple(args.initial_peers),
             use_relay=args.use_relay, refresh_period=args.refresh_period, metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
-            ready_file=args.ready_file)
+            ready_file=args.ready_file, coordinator_key_file=args.coordinator_key_file)
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:

@@ -42,6 +42,9 @@ class BootstrapSettings:
     metrics_port: int = 9103  # /metrics and /multiaddrs; 0 picks a free one
     metrics_host: str | None = None  # None: loopback unless $SWARM_METRICS_HOST (swarm.metrics)
     ready_file: str | None = None  # JSON {peer_id, multiaddrs, metrics_port} once serving
+    # The coordinator's credential signing key (swarm.trust): when given, every DHT request must carry a credential
+    # signed by it, and this node signs its own. The host runs both, so the node reads the key (created if missing).
+    coordinator_key_file: str | None = None
 
     def __post_init__(self) -> None:
         if Path(self.identity_path).is_dir():
@@ -100,7 +103,8 @@ def start(settings: BootstrapSettings) -> BootstrapNode:
         dht = hivemind.DHT(start=True, initial_peers=list(settings.initial_peers),
                            host_maddrs=list(settings.host_maddrs),
                            announce_maddrs=list(settings.announce_maddrs) or None, identity_path=str(identity),
-                           use_relay=settings.use_relay, client_mode=False)
+                           use_relay=settings.use_relay, client_mode=False,
+                           **_trust_kwargs(settings.coordinator_key_file, identity))
     except Exception as e:  # noqa: BLE001 (turned into a message that says what to check)
         raise NodeStartError(start_error_message(str(e), initial_peers=settings.initial_peers,
                                                  identity=identity)) from e
@@ -112,6 +116,19 @@ def start(settings: BootstrapSettings) -> BootstrapNode:
         dht.shutdown()
         raise
     return BootstrapNode(dht, metrics, refresh_period=settings.refresh_period)
+
+
+def _trust_kwargs(key_file: str | None, identity: Path) -> dict:
+    """hivemind.DHT's `authorizer` for a node that signs its own credentials with the coordinator's key."""
+    if not key_file:
+        return {}
+    from swarm.trust.dht_auth import CredentialAuthorizer, SelfIssuedCredential, load_or_create_identity
+
+    peer_id, rsa_key = load_or_create_identity(identity)
+    source = SelfIssuedCredential(signing_key_path=key_file, token_name="bootstrap-dht", peer_id=peer_id,
+                                  dht_public_key=rsa_key.get_public_key().to_bytes())
+    return {"authorizer": CredentialAuthorizer(coordinator_public_key=source.coordinator_public_key(),
+                                               credential_source=source, local_private_key=rsa_key)}
 
 
 def start_error_message(error: str, *, initial_peers: tuple[str, ...], identity: Path) -> str:

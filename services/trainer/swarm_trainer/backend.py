@@ -79,9 +79,9 @@ class SwarmBackend(Protocol):
 
 
 def make_backend(*, config: RunConfig, dht, run_id: str, params: Sequence[torch.nn.Parameter], batch_size: int,
-                 options: SwarmOptions, optimizer_cls=None) -> SwarmBackend:
+                 options: SwarmOptions, optimizer_cls=None, trust=None) -> SwarmBackend:
     """The backend the run config asks for, built in the caller's (main) thread: hivemind's averagers fork."""
     # One mode so far; a new mode adds a run-config key (validated in swarm/runconfig.py) and a branch here.
     optimizer = make_optimizer(dht=dht, run_id=run_id, params=params, config=config, batch_size=batch_size,
-                               options=options, optimizer_cls=optimizer_cls)
+                               options=options, optimizer_cls=optimizer_cls, trust=trust)
     return HivemindOptimizerBackend(optimizer, dht=dht, run_id=run_id, params=params)

@@ -30,6 +30,8 @@ class CoordinatorClient:
         self._channel = rpc.channel(address)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._stop = stop or threading.Event()
+        # What this peer's averagers counted about its groupmates, sent with every heartbeat (admission.py sets it).
+        self.contributions_source = lambda: ()
 
     def close(self) -> None:
         self._channel.close()
@@ -74,7 +76,12 @@ class CoordinatorClient:
         # A heartbeat is retried briefly only: the next one is due soon anyway.
         return self._call("Heartbeat", pb.HeartbeatRequest(
             peer_id=peer_id, lease_ids=list(lease_ids), global_epoch=global_epoch, loss=loss,
-            samples_per_s=samples_per_s, finished=finished), retry_for=min(self.retry_for, 10.0))
+            samples_per_s=samples_per_s, finished=finished, contributions=list(self.contributions_source())),
+            retry_for=min(self.retry_for, 10.0))
+
+    def get_credential(self, *, peer_id: str, dht_public_key: bytes) -> pb.GetCredentialResponse:
+        """A fresh credential for this hivemind peer (swarm.trust); the token is proven by the call's metadata."""
+        return self._call("GetCredential", pb.GetCredentialRequest(peer_id=peer_id, dht_public_key=dht_public_key))
 
     def report_done(self, *, peer_id: str, lease_id: str) -> pb.ReportChunkDoneResponse:
         return self._call("ReportChunkDone", pb.ReportChunkDoneRequest(peer_id=peer_id, lease_id=lease_id))

@@ -37,8 +37,24 @@ def join(run) -> None:
     # Initial peers first (bootstrap DHT, then live peers): the DHT's peer id is what we register under.
     initial_peers = list(run.client.list_peers().initial_peers)
     logger.info(f"joining the swarm through {len(initial_peers)} initial peer(s)")
-    run.dht = make_dht(initial_peers=initial_peers, options=options.swarm)
+    trust, authorizer, swarm_options = None, None, options.swarm
+    if options.swarm.trust_checks:
+        # The credential binds the peer id, so the identity and the credential come before the DHT (admission.py).
+        from dataclasses import replace
+
+        from swarm_trainer.admission import Admission, contributions
+
+        run.admission = Admission(run.client, output_dir=run.output_dir, identity_path=options.swarm.identity_path,
+                                  stop=run.stop)
+        trust = run.admission.obtain()
+        authorizer = run.admission.authorizer()
+        swarm_options = replace(options.swarm, identity_path=run.admission.identity_path)
+    run.dht = make_dht(initial_peers=initial_peers, options=swarm_options, authorizer=authorizer)
     run.peer_id = run.dht.peer_id.to_base58()
+    if trust is not None:
+        run.admission.start(run.dht)
+        run.client.contributions_source = lambda: contributions(
+            run.engine.backend.trust_stats() if getattr(run, "engine", None) is not None else {})
     registration = run.register()
     run.config = parse_config(registration.config)
     run.config_version = int(registration.config.version)
@@ -54,7 +70,7 @@ def join(run) -> None:
     # Identical initial weights come from the seed; noise, timesteps and caption dropout must differ per peer.
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
     backend_factory = partial(make_backend, dht=run.dht, run_id=run.run_id, config=run.config,
-                              batch_size=options.batch_size, options=options.swarm,
+                              batch_size=options.batch_size, options=options.swarm, trust=trust,
                               optimizer_cls=optimizer_class(use_8bit_adam=options.features.use_8bit_adam,
                                                             device=device))
     run.engine = TrainEngine(models=models, backend_factory=lambda params: backend_factory(params=params),
@@ -123,6 +139,8 @@ def leave(run) -> None:
     from swarm_trainer.swarm import shutdown
 
     run.stop_heartbeat()
+    if getattr(run, "admission", None) is not None:
+        run.admission.stop()
     if run.client is not None and run.peer_id:
         release_leases(run)
     if run.engine is not None:

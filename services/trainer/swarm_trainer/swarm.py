@@ -49,6 +49,9 @@ class SwarmOptions:
     offload_optimizer: bool = True
     verbose: bool = False  # hivemind's own progress lines (matchmaking, averaging) at INFO instead of DEBUG
     extra_initial_peers: Sequence[str] = field(default_factory=tuple)
+    # Admission and robust aggregation (swarm.trust): a credential from the coordinator, the DHT authorizer and the
+    # guarded averagers. Every peer of a swarm must agree (a checking DHT ignores a non-checking one).
+    trust_checks: bool = True
 
 
 def make_compression(name: str):
@@ -70,11 +73,15 @@ def make_compression(name: str):
     raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {name!r}")
 
 
-def make_dht(*, initial_peers: Sequence[str], options: SwarmOptions):
+def make_dht(*, initial_peers: Sequence[str], options: SwarmOptions, authorizer=None):
+    """The peer's DHT; `authorizer` (swarm.trust.dht_auth.CredentialAuthorizer) makes every DHT request carry this
+    peer's credential and refuses peers without one."""
     import hivemind
 
     kwargs = dict(host_maddrs=list(options.host_maddrs), client_mode=options.client_mode,
                   use_relay=options.use_relay, use_auto_relay=options.use_auto_relay)
+    if authorizer is not None:
+        kwargs["authorizer"] = authorizer
     if options.announce_maddrs:
         kwargs["announce_maddrs"] = list(options.announce_maddrs)
     if options.identity_path:
@@ -90,14 +97,13 @@ def visible_multiaddrs(dht) -> list[str]:
 
 
 def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], config: RunConfig,
-                   batch_size: int, options: SwarmOptions, optimizer_cls=None):
+                   batch_size: int, options: SwarmOptions, optimizer_cls=None, trust=None):
     """hivemind.Optimizer averaging gradients toward the run's target batch (use_local_updates=False).
 
     Call it once per batch: loss.backward() (scaled by a hivemind.GradScaler for fp16), set the LR, step().
 
     Must be created in the main thread (hivemind's averagers fork helpers and install signal-sensitive state).
     """
-    import hivemind
     from hivemind.compression import NoCompression
 
     grad_compression, state_compression = make_compression(options.compression)
@@ -105,7 +111,11 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
     optimizer_factory = partial(optimizer_cls, lr=lr_for(config, epoch=0, total_steps=config.lr_total_steps),
                                 betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
                                 weight_decay=config.opt_weight_decay)
-    return hivemind.Optimizer(
+    from swarm.trust.guard import optimizer_class
+
+    # hivemind.Optimizer itself when `trust` is None; else its averagers admit only credentialed peers and combine
+    # gradients robustly (swarm.trust.guard).
+    return optimizer_class(trust)(
         dht=dht,
         run_id=run_id,
         params=list(params),
@@ -138,6 +148,11 @@ class HivemindOptimizerBackend:
 
     def __init__(self, optimizer, *, dht, run_id: str, params: Sequence[torch.nn.Parameter]):
         self.optimizer, self.dht, self.run_id, self.params = optimizer, dht, run_id, list(params)
+
+    def trust_stats(self) -> dict[str, dict]:
+        """Per groupmate: accepted/clipped/dropped/refused as this peer's averagers counted (empty without checks)."""
+        stats = getattr(self.optimizer, "trust_stats", None)
+        return stats() if stats is not None else {}
 
     @property
     def local_epoch(self) -> int:
