@@ -72,3 +72,28 @@ def test_heartbeat_contributions_become_metrics(coordinator):  # noqa: F811
     with pytest.raises(grpc.RpcError) as bad_request:
         client.Heartbeat(pb.HeartbeatRequest(peer_id="reporter-a", contributions=[pb.Contribution(accepted=1)]))
     assert bad_request.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_revoking_a_token_releases_its_peers_leases_at_once(coordinator, db_path):  # noqa: F811
+    from swarm_coordinator.admission import RevocationWatch
+
+    server, client = coordinator()
+    server.store.add_chunks([((64, 64), range(i * 2 + 1, i * 2 + 3)) for i in range(4)])
+    bob = create_token(db_path, name="bob")
+    client.register("bob-peer", token=bob)
+    client.register("alice-peer")
+    config_version = server.store.config.version
+    bobs = client.LeaseChunks(pb.LeaseChunksRequest(peer_id="bob-peer", max_chunks=2, config_version=config_version),
+                              token=bob).leases
+    alices = client.LeaseChunks(pb.LeaseChunksRequest(peer_id="alice-peer", max_chunks=1,
+                                                      config_version=config_version)).leases
+    assert len(bobs) == 2 and len(alices) == 1
+    watch = RevocationWatch(server.store, db_path=db_path)
+    try:
+        assert watch() == 0
+        revoke_tokens(db_path, "bob")
+        assert watch() == 2  # bob's two leases, not alice's
+        assert watch() == 0
+        assert server.store.leases.owned("alice-peer") == [alices[0].lease_id]
+    finally:
+        watch.close()

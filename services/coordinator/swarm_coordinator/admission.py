@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 
+from swarm.logs import get_logger
 from swarm.trust.credentials import (
     CredentialError,
     issue_credential,
@@ -29,6 +30,7 @@ from swarm_coordinator.rpc_handling import caller, rpc_handler
 CREDENTIALS = Counter(f"{PREFIX}credentials_total", "Credentials asked for, by token name and outcome",
                       ["token", "outcome"])
 VERDICTS = ("accepted", "clipped", "dropped", "refused")
+logger = get_logger(__name__)
 
 
 class AdmissionRpcs:
@@ -121,3 +123,30 @@ class ContributionBook:
             for verdict, n in counts.items():
                 family.add_metric([peer, token, verdict], n)
         yield family
+
+
+class RevocationWatch:
+    """An upkeep task: the leases of every live peer registered with a revoked token are released at once (the
+    token check already refuses its heartbeats and renewals; this gives its chunks back without waiting for the lease
+    TTL). Revocation happens in the database (`swarm token revoke`), so it is polled; each pass is one small query."""
+
+    def __init__(self, store, *, db_path: str):
+        self.store = store
+        self._engine = db.make_engine(db_path, immediate=False)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __call__(self) -> int:
+        with self._engine.connect() as conn:
+            revoked = {row.token_hash: row.name for row in conn.execute(
+                sa.select(db.tokens.c.token_hash, db.tokens.c.name).where(db.tokens.c.revoked.is_not(None)))}
+        released = 0
+        for peer in self.store.live_peers():
+            if peer.owner in revoked:
+                n = self.store.release(peer.peer_id, caller=peer.owner)
+                if n:
+                    logger.info(f"token {revoked[peer.owner]!r} was revoked: released {n} lease(s) of peer "
+                                f"{peer.peer_id}")
+                released += n
+        return released

@@ -22,7 +22,7 @@ from swarm.runconfig import load_yaml
 from swarm.shutdown import stop_event_on_signals
 from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics
-from swarm_coordinator.admission import AdmissionRpcs, ContributionBook
+from swarm_coordinator.admission import AdmissionRpcs, ContributionBook, RevocationWatch
 from swarm_coordinator.bootstrap_source import BootstrapPeersSource
 from swarm_coordinator.servicers import SERVICE_NAME, ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, compose
 from swarm_coordinator.settings import CoordinatorSettings
@@ -149,6 +149,9 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         else:
             logger.warning("no --dataset given: no samples will be synced, so no chunks can be leased")
         upkeep_tasks = _upkeep_tasks(store)
+        revocations = RevocationWatch(store, db_path=settings.db_path)
+        pieces.callback(revocations.close)
+        upkeep_tasks.append(("revoked tokens' leases", revocations))
         status_port = None
         if settings.status_page is not None:
             status = LiveStatus(store, settings=settings.status_page, coordinator_address=address,
