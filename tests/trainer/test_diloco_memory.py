@@ -67,3 +67,5 @@ def test_memory_options_refuse_what_cannot_work():
         check_memory_options(fused_backward=True, bf16_weights=False, precision="fp16", mode="diloco")
     with pytest.raises(ConfigError, match="mode to be diloco"):
         check_memory_options(fused_backward=False, bf16_weights=True, precision="bf16", mode="sync")
+    with pytest.raises(ConfigError, match="precision bf16"):
+        check_memory_options(fused_backward=False, bf16_weights=True, precision="fp32", mode="diloco")

@@ -63,8 +63,8 @@ def check_memory_options(*, fused_backward: bool, bf16_weights: bool, precision:
     if bf16_weights and mode != "diloco":
         raise ConfigError("--bf16-weights needs the run's mode to be diloco (hivemind's sync optimizer keeps fp32 "
                           "master weights; in diloco mode the fp32 copy is the outer parameters)")
-    if bf16_weights and precision == "fp16":
-        raise ConfigError("--bf16-weights cannot be combined with --precision fp16; use --precision bf16")
+    if bf16_weights and precision != "bf16":
+        raise ConfigError(f"--bf16-weights needs --precision bf16 (bf16 weights compute in bf16), got {precision}")
 
 
 def cast_weights(modules: Sequence[torch.nn.Module], dtype: torch.dtype) -> None:
