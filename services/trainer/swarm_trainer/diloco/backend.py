@@ -70,13 +70,9 @@ class DiLoCoBackend:
         return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
 
     def idle_step(self, *, grad_scaler=None) -> bool:
-        if self.behind_swarm():
-            self.load_state_from_peers()
-            return True
         if not self.swarm_is_stepping():
             return False
-        self.optimizer.end_round()
-        self.synced = True
+        self.load_state_from_peers()  # ends this peer's round with the others, or downloads when far behind
         return True
 
     def resume(self, epoch: int) -> None:
@@ -93,6 +89,13 @@ class DiLoCoBackend:
         return behind_by >= 2 or (behind_by >= 1 and fresh)
 
     def load_state_from_peers(self) -> None:
+        """Catch up with the swarm. One round behind (not a fresh joiner), the others are waiting for this peer in
+        that round: it ends the round with them (the same result, no download; a download would wait for their
+        all-reduce, which waits for this peer). Further behind, or fresh: download the outer state."""
+        if self.swarm_is_stepping() and not self.behind_swarm():
+            self.optimizer.end_round()
+            self.synced = True
+            return
         if self.optimizer.load_state_from_peers():
             self.synced = True
 
