@@ -75,6 +75,16 @@ class Proc:
             pass
 
 
+def stop_all(procs: list[Proc], *, timeout: float) -> None:
+    """SIGTERM to every process at once (trainers release leases and save in parallel), then stop each in turn."""
+    for proc in procs:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in reversed(procs):
+        proc.stop(timeout=max(0.1, deadline - time.monotonic()))
+
+
 def start(wan: Wan, namespace: str, name: str, args: list[str], *, logs: Path, env: dict | None = None,
           ready: bool = True, module: str | None = None) -> Proc:
     logs.mkdir(parents=True, exist_ok=True)
@@ -205,8 +215,7 @@ def run_mode(wan: Wan, *, name: str, workdir: Path, run_config: dict, index: Pat
         if failed:
             raise RuntimeError(f"{failed[0].name} exited with {failed[0].popen.returncode}:\n{failed[0].tail()}")
     finally:
-        for proc in reversed(procs):
-            proc.stop(timeout=30)
+        stop_all(procs, timeout=30)
         wan.kill_processes()
     (workdir / "links.json").write_text(json.dumps(links))  # the interface counters over time, for a closer look
     summaries = [json.loads((workdir / f"trainer-{i}" / "summary.json").read_text()) for i in range(wan.peers)]
