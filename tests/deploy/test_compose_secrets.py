@@ -127,3 +127,21 @@ def test_createbucket_makes_one_read_only_account_and_keeps_its_secret(tmp_path,
     policy = [c for c in calls if c.startswith("admin policy create")]
     assert policy == ["admin policy create host swarm-dataset-read /tmp/read-only.json"] * 2
     assert not any(ROOT_PASSWORD in c for c in calls[1:] if not c.startswith("alias set"))
+
+
+def test_createbucket_refuses_the_old_example_placeholder(tmp_path):
+    """A .env made from an older example.env still holds its placeholder: the bucket job stops with what to do, so
+    neither ingest nor the dataset service (which wait for it) starts."""
+    found = services(env_file(tmp_path, MINIO_ROOT_PASSWORD="change-me-to-a-long-random-secret",
+                              GRAFANA_ADMIN_PASSWORD="g" * 24))
+    job = found["createbucket"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text(FAKE_MC)
+    (bin_dir / "mc").chmod(0o755)
+    env = {**job["environment"], "CREDENTIALS": str(tmp_path / "credentials"), "MC_LOG": str(tmp_path / "mc.log"),
+           "MC_STATE": str(tmp_path / "mc.state"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run = subprocess.run(["sh", "-c", job["command"][0].replace("$$", "$")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 1 and "old example placeholder" in run.stderr and "openssl rand" in run.stderr
+    assert not (tmp_path / "mc.log").exists(), "nothing was done with the placeholder"
