@@ -52,7 +52,7 @@ def _connect_address(bound: str, public_host: str | None) -> str:
     return f"{host}:{port}"
 
 
-def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, run_id: str = "swarm-diffusion",
+def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, run_id: str | None = None,
                index_path: str | None = None, storage: str | None = None, s3_endpoint_url: str | None = None,
                bind_host: str = "0.0.0.0", public_host: str | None = None, coordinator_port: int = 50051,
                dataset_port: int = 50052, dht_port: int = 31337, dht_announce_maddrs: list[str] | None = None,
@@ -96,7 +96,8 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         # The coordinator fetches the bootstrap multiaddrs from the node's /multiaddrs, as in Docker Compose, and
         # makes itself a token to list the dataset with (the dataset service checks tokens against it).
         coordinator_args = [
-            "coordinator", "--listen", f"{bind_host}:{coordinator_port}", "--db", str(db_path), "--run-id", run_id,
+            "coordinator", "--listen", f"{bind_host}:{coordinator_port}", "--db", str(db_path),
+            *(["--run-id", run_id] if run_id else []),
             "--dataset", f"127.0.0.1:{dataset_port}", "--metrics-port", str(coordinator_metrics),
             "--bootstrap-peers-url", f"http://{metrics_reach}:{bootstrap.info['metrics_port']}/multiaddrs",
             *metrics_host_args,
@@ -141,8 +142,9 @@ def register(subparsers) -> None:
                    help="folder for every piece of host state: coordinator.sqlite, dataset.sqlite, objects/, "
                         "bootstrap.key, logs/ (default: %(default)s)")
     p.add_argument("--config", help="run config YAML (keys: model, resolution, lr, lr_scheduler, ...)")
-    p.add_argument("--run-id", default="swarm-diffusion",
-                   help="the swarm's name on the DHT; two swarms sharing a DHT need different run ids")
+    p.add_argument("--run-id",
+                   help="the swarm's name on the DHT; two swarms sharing a DHT need different run ids (default: the "
+                        "stored run's, else a random one: only token holders learn it)")
     p.add_argument("--index", help="dataset index (default: DATA_DIR/dataset.sqlite)")
     p.add_argument("--storage", help="object storage: s3://bucket/prefix or file:///path (default: DATA_DIR/objects)")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint, e.g. http://minio:9000")

@@ -7,6 +7,7 @@ swarm within one lifetime (every peer's DHT and averagers refuse an expired cred
 """
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 
@@ -31,6 +32,11 @@ CREDENTIALS = Counter(f"{PREFIX}credentials_total", "Credentials asked for, by t
                       ["token", "outcome"])
 VERDICTS = ("accepted", "clipped", "dropped", "refused")
 logger = get_logger(__name__)
+
+
+def random_run_id() -> str:
+    """A run id nobody can guess (64 random bits): peers learn it only with their credential."""
+    return f"swarm-{secrets.token_hex(8)}"
 
 
 class AdmissionRpcs:

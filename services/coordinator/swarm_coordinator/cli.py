@@ -33,8 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", metavar="RUN_YAML",
                    help="run config YAML; stored as a new version only when it differs from the stored one "
                         "(default: the stored config, else built-in defaults)")
-    p.add_argument("--run-id", default="swarm-diffusion", metavar="ID",
-                   help="the swarm's name on the DHT; swarms sharing a DHT need different ones (default: %(default)s)")
+    p.add_argument("--run-id", metavar="ID",
+                   help="the swarm's name on the DHT; swarms sharing a DHT need different ones (default: the stored "
+                        "run's, else a random one at the first start: only token holders learn it)")
     p.add_argument("--dataset", type=address_arg, metavar="HOST:PORT",
                    help="HOST:PORT of the dataset service whose index is cut into chunks")
     p.add_argument("--dataset-public-address", type=address_arg, metavar="HOST:PORT",

@@ -100,7 +100,11 @@ def set_config(db_path: str, *, file: str | None = None, assignments: list[str] 
             base = load_yaml(file) if file else (previous.config if previous else RunConfig())
             if assignments:
                 base = validate({**json.loads(base.to_json()), **parse_assignments(assignments)})
-            run_id = run_id or (previous.run_id if previous else "swarm-diffusion")
+            if not run_id and previous is None:
+                from swarm_coordinator.admission import random_run_id  # unguessable, as the coordinator makes them
+
+                run_id = random_run_id()
+            run_id = run_id or previous.run_id
             current, created = store_if_changed(conn, base, run_id=run_id)
         return previous, current, created
     finally:

@@ -22,7 +22,7 @@ from swarm.runconfig import load_yaml
 from swarm.shutdown import stop_event_on_signals
 from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics
-from swarm_coordinator.admission import AdmissionRpcs, ContributionBook, RevocationWatch
+from swarm_coordinator.admission import AdmissionRpcs, ContributionBook, RevocationWatch, random_run_id
 from swarm_coordinator.bootstrap_source import BootstrapPeersSource
 from swarm_coordinator.servicers import SERVICE_NAME, ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, compose
 from swarm_coordinator.settings import CoordinatorSettings
@@ -105,6 +105,8 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         store = Store.open(settings.db_path, clock=clock, lease_ttl=settings.lease_ttl, peer_ttl=settings.peer_ttl,
                            synchronous=settings.synchronous)
         pieces.callback(store.close)
+        if settings.run_id is None:
+            settings = settings.replace(run_id=store.config.run_id if store.config else random_run_id())
         version, created = store.ensure_config(config, run_id=settings.run_id)
         logger.info(f"run config version {version.version} ({'new' if created else 'unchanged'}), "
                     f"run id {settings.run_id}")

@@ -21,7 +21,9 @@ MAX_GRPC_WORKERS = 256
 class CoordinatorSettings:
     db_path: str = "coordinator.sqlite"
     listen: str = DEFAULT_LISTEN  # HOST:PORT; port 0 picks a free one
-    run_id: str = "swarm-diffusion"
+    # The swarm's name on the DHT. None: the stored run's id, or a random one at the first start, so that only token
+    # holders (who get it with their credential) learn it (swarm.trust).
+    run_id: str | None = None
     config_path: str | None = None  # run config YAML, stored as a new version when it differs from the stored one
     config: RunConfig | None = None  # or the config itself (tests, the demo); None with no path: the stored one
     # The dataset service whose index is cut into chunks, the address peers are told, and the token to list it with
@@ -49,7 +51,8 @@ class CoordinatorSettings:
     credential_lifetime: float = 600.0
 
     def __post_init__(self) -> None:
-        validate_run_id(self.run_id)
+        if self.run_id is not None:
+            validate_run_id(self.run_id)
         for name in ("listen", "dataset", "dataset_public_address"):
             value = getattr(self, name)
             if value is not None and not cliargs.is_address(value):
