@@ -144,7 +144,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         raise UsageError("--dataset-public-address needs --dataset (the address the coordinator syncs from)")
     try:
         settings = CoordinatorSettings(
-            listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id, dataset=args.dataset,
+            listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id or None, dataset=args.dataset,
             dataset_public_address=args.dataset_public_address,
             dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
             bootstrap_peers=tuple(args.bootstrap_peers), bootstrap_peers_url=args.bootstrap_peers_url,
