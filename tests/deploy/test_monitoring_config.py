@@ -116,7 +116,7 @@ def test_dashboard_uids_are_unique():
         "peers alive": "swarm_coordinator_peers_alive", "loss": "swarm_trainer_loss", "lr": "swarm_coordinator_lr"}),
     ("swarm-peer", {
         "samples/s": "swarm_trainer_samples_per_second", "averaging time": "swarm_trainer_averaging_seconds_sum",
-        "bytes": "swarm_trainer_bytes_sent_total", "gpu memory": "swarm_trainer_gpu_memory_bytes"}),
+        "bytes": "swarm_trainer_network_bytes_total", "gpu memory": "swarm_trainer_gpu_memory_bytes"}),
     ("swarm-dataset", {
         "stream rate": "swarm_dataset_samples_streamed_total", "errors": "swarm_dataset_stream_errors_total"}),
 ])

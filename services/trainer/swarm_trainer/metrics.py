@@ -16,9 +16,7 @@ AVERAGING_SECONDS = Histogram("swarm_trainer_averaging_seconds",
                               buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
 SAMPLES_TRAINED = Counter("swarm_trainer_samples_trained_total", "Samples this peer pushed through optimizer.step()")
 CHUNKS_REPORTED = Counter("swarm_trainer_chunks_reported_total", "Chunk reports by outcome", ["outcome"])
-BYTES_SENT = Gauge("swarm_trainer_bytes_sent_total", "Bytes the hivemind p2p daemon sent (0 when not obtainable)")
-BYTES_RECEIVED = Gauge("swarm_trainer_bytes_received_total",
-                       "Bytes the hivemind p2p daemon received (0 when not obtainable)")
+# swarm_trainer_network_bytes_total{direction="sent|received"} is traffic.py's collector: hivemind's processes count.
 GPU_MEMORY_BYTES = Gauge("swarm_trainer_gpu_memory_bytes", "CUDA memory allocated by this process (0 on CPU)")
 GPU_MEMORY_PEAK_BYTES = Gauge("swarm_trainer_gpu_memory_peak_bytes", "Peak CUDA memory allocated (0 on CPU)")
 FINISHED = Gauge("swarm_trainer_finished", "1 once this peer has nothing left to train and waits at the barrier")
@@ -35,6 +33,8 @@ def update_gpu_memory(device: torch.device) -> None:
 
 def metric_names() -> list[str]:
     """Every metric this module exports, for the README and a test that keeps the list honest."""
-    return sorted(m._name for m in (LOSS, LR, SAMPLES_PER_SECOND, LOCAL_STEP, GLOBAL_EPOCH, PEERS_IN_LAST_ROUND,
-                                   AVERAGING_SECONDS, SAMPLES_TRAINED, CHUNKS_REPORTED, BYTES_SENT, BYTES_RECEIVED,
-                                   GPU_MEMORY_BYTES, GPU_MEMORY_PEAK_BYTES, FINISHED))
+    from swarm_trainer.traffic import METRIC_NAME
+
+    return sorted([METRIC_NAME, *(m._name for m in (
+        LOSS, LR, SAMPLES_PER_SECOND, LOCAL_STEP, GLOBAL_EPOCH, PEERS_IN_LAST_ROUND, AVERAGING_SECONDS, SAMPLES_TRAINED,
+        CHUNKS_REPORTED, GPU_MEMORY_BYTES, GPU_MEMORY_PEAK_BYTES, FINISHED))])

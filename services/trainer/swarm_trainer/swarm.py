@@ -78,6 +78,9 @@ def make_dht(*, initial_peers: Sequence[str], options: SwarmOptions, authorizer=
     peer's credential and refuses peers without one."""
     import hivemind
 
+    from swarm_trainer import traffic
+
+    traffic.install()  # before the DHT and the averagers fork: they inherit the byte counters
     kwargs = dict(host_maddrs=list(options.host_maddrs), client_mode=options.client_mode,
                   use_relay=options.use_relay, use_auto_relay=options.use_auto_relay)
     if authorizer is not None:
