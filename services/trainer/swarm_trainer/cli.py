@@ -109,6 +109,7 @@ def options_from_args(args):
 
         if importlib.util.find_spec("wandb") is None:
             raise UsageError("--wandb-project needs the wandb package: pip install wandb (then `wandb login`)")
+    check_memory_flags(args)
     if args.upload_checkpoints:
         from swarm_trainer.uploads import parse_s3_url
 
@@ -117,6 +118,7 @@ def options_from_args(args):
         if not maddr.startswith("/"):
             raise UsageError(f"{maddr!r} is not a multiaddr; write it like /ip4/0.0.0.0/tcp/31337")
     output_dir = Path(args.output_dir).expanduser().resolve()
+    name = args.name or saved_peer_name(output_dir, socket.gethostname())
     identity = args.identity_path or str(output_dir / "identity.key")
     swarm = SwarmOptions(
         host_maddrs=tuple(args.host_maddrs), announce_maddrs=tuple(args.announce_maddrs),
@@ -126,7 +128,7 @@ def options_from_args(args):
         average_state_every=args.average_state_every, offload_optimizer=args.offload_optimizer,
         verbose=args.verbose_hivemind)
     return TrainerOptions(
-        coordinator=args.coordinator, token=token, output_dir=output_dir, name=args.name or socket.gethostname(),
+        coordinator=args.coordinator, token=token, output_dir=output_dir, name=name,
         batch_size=args.batch_size, device=args.device, precision=args.precision, swarm=swarm,
         features=PeerFeatures(gradient_checkpointing=args.gradient_checkpointing, xformers=args.xformers,
                               use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
@@ -135,6 +137,39 @@ def options_from_args(args):
         ready_file=args.ready_file,
         progress=args.progress, upload_checkpoints=args.upload_checkpoints, s3_endpoint_url=args.s3_endpoint_url,
         wandb_project=args.wandb_project)
+
+
+def check_memory_flags(args) -> None:
+    """Refuse, before any model download, the memory flags this machine or combination cannot honour."""
+    import importlib.util
+
+    from swarm.errors import UsageError
+
+    if args.xformers and importlib.util.find_spec("xformers") is None:
+        raise UsageError("--xformers needs the xformers package, which is not installed here (the CUDA trainer image "
+                         "has it; elsewhere `pip install xformers` matching your torch), or drop --xformers: "
+                         "PyTorch's own attention (SDPA) is the default")
+    if args.use_8bit_adam and args.offload_optimizer:
+        raise UsageError("--use-8bit-adam does not work with hivemind's optimizer offload (on by default): "
+                         "bitsandbytes' AdamW8bit would run over the offloaded CPU copies. Add "
+                         "--no-offload-optimizer (the optimizer state then stays on the GPU, 8-bit), or drop "
+                         "--use-8bit-adam")
+
+
+def saved_peer_name(output_dir: Path, hostname: str) -> str:
+    """The default peer name, kept in OUTPUT/peer-name so it survives container restarts (a container's host name
+    is its id, new with every `docker run`)."""
+    import secrets
+
+    from swarm_trainer.options import default_peer_name
+
+    path = output_dir / "peer-name"
+    saved = path.read_text() if path.is_file() else None
+    name = default_peer_name(hostname, saved, secrets.token_hex(3))
+    if saved is None or saved.strip() != name:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(name + "\n")
+    return name
 
 
 def run_export(args) -> int:

@@ -5,6 +5,7 @@ them, and nothing here imports any of those.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_precision(precision: str | None, device: torch.device) -> str:
-    """--precision when given, else bf16 on CUDA and fp32 elsewhere."""
-    return precision or ("bf16" if device.type == "cuda" else "fp32")
+def default_precision(precision: str | None, device: torch.device, *, bf16_supported: bool = True) -> str:
+    """--precision when given, else bf16 on CUDA and fp32 elsewhere. A GPU without bf16 (before Ampere: T4, V100,
+    GTX 10xx/16xx) gets fp16 instead, asked for or not: autocast to bf16 there is emulated and many times slower."""
+    chosen = precision or ("bf16" if device.type == "cuda" else "fp32")
+    if chosen == "bf16" and device.type == "cuda" and not bf16_supported:
+        return "fp16"
+    return chosen
+
+
+def cuda_bf16_supported(device: torch.device) -> bool:
+    """Whether this CUDA device computes bf16 natively (True off CUDA: the fallback is a CUDA matter)."""
+    return device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def default_peer_name(hostname: str, saved: str | None, new_suffix: str) -> str:
+    """The name a peer shows when --name is not given: the one saved in its output folder by an earlier start, else
+    the host name, except a container's (Docker's 12 hex digits change with every `docker run`), which becomes
+    `peer-SUFFIX`. Saved on the volume, it stays the same across container restarts."""
+    if saved and saved.strip():
+        return saved.strip()
+    if re.fullmatch(r"[0-9a-f]{12}", hostname) or not hostname:
+        return f"peer-{new_suffix}"
+    return hostname

@@ -26,12 +26,14 @@ def join(run) -> None:
     from swarm_trainer.engine import TrainEngine
     from swarm_trainer.features import optimizer_class
     from swarm_trainer.model import build_models
-    from swarm_trainer.options import default_precision, parse_config, resolve_device
+    from swarm_trainer.options import cuda_bf16_supported, default_precision, parse_config, resolve_device
     from swarm_trainer.swarm import make_dht
 
     options = run.options
     device = resolve_device(options.device)
-    precision = default_precision(options.precision, device)
+    precision = default_precision(options.precision, device, bf16_supported=cuda_bf16_supported(device))
+    if options.precision == "bf16" and precision != "bf16":
+        logger.warning(f"this GPU has no native bf16: training in {precision} instead")
     run.client = CoordinatorClient(options.coordinator, token=options.token, timeout=options.rpc_timeout,
                                    stop=run.stop)
     # Initial peers first (bootstrap DHT, then live peers): the DHT's peer id is what we register under.
