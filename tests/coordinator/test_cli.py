@@ -125,3 +125,23 @@ def test_coordinator_flags_are_checked_before_starting(capsys, db_path, tmp_path
     assert code == 2 and "lr_scheduler must be one of" in err
     code, _, err = run(capsys, "coordinator", "--lease-ttl", "-5")
     assert code == 2 and "must be > 0" in err
+
+
+def test_token_create_prints_the_join_lines_for_that_token(capsys, existing_db, monkeypatch):
+    code, out, err = run(capsys, "token", "create", "--db", existing_db, "--name", "bob",
+                         "--join-address", "swarm.example.org:50051", "--join-image", "reg.example.org/trainer:1")
+    token = out.strip()
+    assert code == 0 and token.startswith("swt_"), "stdout stays the bare token"
+    lines = [line for line in err.splitlines() if line.startswith("docker run")]
+    assert len(lines) == 2
+    for line in lines:
+        assert f"-e SWARM_TOKEN={token} reg.example.org/trainer:1 swarm train --coordinator swarm.example.org:50051" \
+            in line and "--shm-size=8g" in line and "-v swarm-trainer:/data" in line
+    assert "-p 31338:31338" in lines[0] and "--announce-maddrs /ip4/MY.PUBLIC.IP/tcp/31338" in lines[0]
+    assert "--client-mode --use-auto-relay" in lines[1] and " -p " not in lines[1]
+    # docker-compose.yml sets the address for the coordinator container, so `exec ... token create` prints them.
+    monkeypatch.setenv("SWARM_PUBLIC_ADDRESS", "1.2.3.4:50051")
+    code, _, err = run(capsys, "token", "create", "--db", existing_db, "--name", "carol")
+    assert code == 0 and "--coordinator 1.2.3.4:50051" in err and "swarm-diffusion/trainer:0.1.0" in err
+    code, _, err = run(capsys, "token", "create", "--db", existing_db, "--join-address", "no-port")
+    assert code == 2

@@ -89,6 +89,13 @@ def register(subparsers) -> None:
     create = token_sub.add_parser("create", help="create a token and print it (shown once)")
     create.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
     create.add_argument("--name", default=None, help="a name to recognise and revoke it by (default: token-N)")
+    create.add_argument("--join-address", type=address_arg, default=os.environ.get("SWARM_PUBLIC_ADDRESS") or None,
+                        metavar="HOST:PORT",
+                        help="the coordinator's public address: also print the volunteers' `docker run` join lines "
+                             "for this token (default: env SWARM_PUBLIC_ADDRESS, which docker-compose.yml sets)")
+    create.add_argument("--join-image", default=os.environ.get("SWARM_JOIN_IMAGE") or None, metavar="IMAGE",
+                        help="the trainer image in the join lines (default: env SWARM_JOIN_IMAGE, else "
+                             "swarm-diffusion/trainer:0.1.0)")
     create.set_defaults(func=run_token_create)
     listing = token_sub.add_parser("list", help="list tokens (names and first characters, never the tokens)")
     listing.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
@@ -209,6 +216,14 @@ def run_token_create(args: argparse.Namespace) -> int:
     print(token)
     print(f"(join token {name!r}: shown only this once; give it to the peer, who passes --token or SWARM_TOKEN)",
           file=sys.stderr)
+    if args.join_address:
+        from swarm_coordinator.joinline import DEFAULT_JOIN_IMAGE, join_lines
+
+        lines = join_lines(token, coordinator=args.join_address, image=args.join_image or DEFAULT_JOIN_IMAGE)
+        # stderr, like the note above: stdout stays the bare token for scripts.
+        print("\nThe volunteer joins with one line (README \"Join a swarm\"):", file=sys.stderr)
+        for situation, line in lines.items():
+            print(f"# {situation}\n{line}", file=sys.stderr)
     return 0
 
 
