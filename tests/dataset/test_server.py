@@ -296,3 +296,21 @@ def test_a_storage_outage_is_unavailable_and_the_server_keeps_serving(small_data
             assert dataset.GetStats(dataset_pb2.GetStatsRequest(), timeout=10).samples == 6
     finally:
         running.stop(grace=1)
+
+
+def test_serves_an_empty_index_before_the_first_ingest(tmp_path):
+    """A compose host starts the dataset service before anyone ingests: it serves nothing instead of crash-looping."""
+    from swarm_dataset.server import start_server
+
+    index_path = tmp_path / "fresh" / "dataset.sqlite"
+    running = start_server(index_path=str(index_path), listen="127.0.0.1:0", metrics_port=None, workers=2,
+                           storage_url=(tmp_path / "fresh" / "objects").as_uri())
+    try:
+        channel, dataset = stub(running.address)
+        with channel:
+            assert dataset.GetStats(dataset_pb2.GetStatsRequest(), timeout=10).samples == 0
+            page = dataset.ListSamples(dataset_pb2.ListSamplesRequest(after_id=0, limit=4), timeout=10)
+            assert list(page.samples) == [] and not page.has_more
+        assert index_path.is_file()
+    finally:
+        running.stop(grace=1)

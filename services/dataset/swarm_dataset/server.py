@@ -242,11 +242,16 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     if metrics_port is not None:
         check_port(metrics_port, name="metrics port")
     imaging.check_encoding(default_encoding, default_quality)
-    index = Index(index_path, create=False)
+    # Before the first ingest there is no index: serve an empty one (ingest fills the same file) instead of exiting,
+    # so a container host does not crash-loop until someone ingests.
+    fresh = not os.path.isfile(os.path.expanduser(index_path))
+    index = Index(index_path)
+    if fresh:
+        logger.warning(f"no dataset index at {index_path} yet: serving an empty one until `swarm ingest` fills it")
     storage_url = storage_url or index.get_meta("storage_url")
     if not storage_url:
         raise ValueError(f"the index {index_path} does not say where its objects are: pass --storage URL")
-    storage = open_storage(storage_url, endpoint_url=s3_endpoint_url, create=False)
+    storage = open_storage(storage_url, endpoint_url=s3_endpoint_url, create=fresh)
     workers = workers or default_workers()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dataset-io")
     token_check = None
