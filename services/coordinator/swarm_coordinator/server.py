@@ -8,8 +8,10 @@ takes the pieces down newest first. A new piece (an HTTP status page, say) start
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -107,7 +109,9 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         pieces.callback(store.close)
         if settings.run_id is None:
             settings = settings.replace(run_id=store.config.run_id if store.config else random_run_id())
-        version, created = store.ensure_config(config, run_id=settings.run_id)
+        # run.yaml is applied when the file itself changed, not whenever it differs from the stored config.
+        digest = hashlib.sha256(Path(settings.config_path).read_bytes()).hexdigest() if settings.config_path else None
+        version, created = store.ensure_config(config, run_id=settings.run_id, source_digest=digest)
         logger.info(f"run config version {version.version} ({'new' if created else 'unchanged'}), "
                     f"run id {settings.run_id}")
         dataset_token = settings.dataset_token

@@ -104,8 +104,9 @@ class Store:
     def max_data_epochs(self) -> int:
         return self.configs.config.max_data_epochs
 
-    def ensure_config(self, config, *, run_id: str) -> tuple[config_rows.ConfigVersion, bool]:
-        return self.configs.ensure(config, run_id=run_id)
+    def ensure_config(self, config, *, run_id: str,
+                      source_digest: str | None = None) -> tuple[config_rows.ConfigVersion, bool]:
+        return self.configs.ensure(config, run_id=run_id, source_digest=source_digest)
 
     def refresh_config(self) -> bool:
         return self.configs.refresh()

@@ -6,9 +6,12 @@ read without the lock: peers ask for it on every lease, and swapping one referen
 from __future__ import annotations
 
 from swarm.runconfig import RunConfig
-from swarm_coordinator import configs
+from swarm_coordinator import configs, db
 from swarm_coordinator.errors import UnknownConfigVersion
 from swarm_coordinator.store.connection import StoreConnection
+
+# meta key: sha256 of the run config file the coordinator last started with (--config).
+SOURCE_DIGEST_KEY = "run_config_file_sha256"
 
 
 class ConfigVersions:
@@ -32,14 +35,21 @@ class ConfigVersions:
         """The current run config, or the defaults before any is stored."""
         return self.current.config if self.current else RunConfig()
 
-    def ensure(self, config: RunConfig | None, *, run_id: str) -> tuple[configs.ConfigVersion, bool]:
+    def ensure(self, config: RunConfig | None, *, run_id: str,
+               source_digest: str | None = None) -> tuple[configs.ConfigVersion, bool]:
         """Make `config` (or, when None, the stored one / the defaults) current under `run_id`; returns (version,
-        whether a new one was stored)."""
+        whether a new one was stored). With `source_digest` (the run config file's hash), a file that is the one
+        applied last time is not applied again, so a `swarm config set` made since then survives a restart."""
         with self._db.transaction() as conn:
             latest = configs.latest(conn)
+            applied = db.get_meta(conn, SOURCE_DIGEST_KEY)
+            if config is not None and latest is not None and source_digest is not None and applied == source_digest:
+                config = None
             if config is None:
                 config = latest.config if latest else RunConfig()
             version, created = configs.store_if_changed(conn, config, run_id=run_id, now=self._clock())
+            if source_digest is not None:
+                db.set_meta(conn, SOURCE_DIGEST_KEY, source_digest)
             self._make_current(version)
         return version, created
 
