@@ -32,6 +32,7 @@ class RobustTensorPartReducer(TensorPartReducer):
         self.excluded = list(excluded) or [False] * num_senders
         self.verdicts = RoundVerdicts(num_senders)
         self._inputs: dict[int, tuple[torch.Tensor, float]] = {}
+        self._combining = False
         super().__init__(part_shapes, num_senders)
 
     def reset_accumulators(self):
@@ -74,23 +75,39 @@ class RobustTensorPartReducer(TensorPartReducer):
         return await current_part_future
 
     def check_current_part_finished(self):
+        """Once every live sender has sent the current part, combine it in a worker thread (the rules cost tens of
+        ms per part on a CPU; the averager's event loop keeps streaming meanwhile), then answer and move on."""
         assert self.current_part_accumulated_from <= self.num_current_senders
-        if self.current_part_accumulated_from != self.num_current_senders:
+        if self.current_part_accumulated_from != self.num_current_senders or self._combining:
             return
+        self._combining = True
         senders = [i for i in sorted(self._inputs) if not self.excluded[i]]
-        average, verdicts = robust_average([self._inputs[i][0] for i in senders],
-                                           [self._inputs[i][1] for i in senders],
-                                           caps=[self.caps[i] for i in senders], rules=self.rules)
-        by_sender: list[str | None] = [DROPPED if i in self._inputs else None for i in range(self.num_senders)]
+        inputs, future = dict(self._inputs), self.current_part_future
+        combined = asyncio.get_event_loop().run_in_executor(
+            None, lambda: robust_average([inputs[i][0] for i in senders], [inputs[i][1] for i in senders],
+                                         caps=[self.caps[i] for i in senders], rules=self.rules))
+        combined.add_done_callback(lambda done: self._part_combined(done, senders, inputs, future))
+
+    def _part_combined(self, done: asyncio.Future, senders: list[int], inputs: dict, future: asyncio.Future) -> None:
+        self._combining = False
+        if self.finished.is_set() or future.done():  # finalized (cancelled) while we combined
+            return
+        try:
+            average, verdicts = done.result()
+        except Exception as e:  # noqa: BLE001 - a bug in the rules fails this round, not the averager
+            average, verdicts = None, [DROPPED] * len(senders)
+            error = AllreduceException(f"robust aggregation failed: {e!r}")
+        else:
+            error = AllreduceException("no sender's part could be used (all non-finite or excluded)")
+        by_sender: list[str | None] = [DROPPED if i in inputs else None for i in range(self.num_senders)]
         for i, verdict in zip(senders, verdicts):
             by_sender[i] = verdict
         self.verdicts.record(by_sender)
         if average is None:
-            self.current_part_future.set_exception(
-                AllreduceException("every sender's part was non-finite: nothing to average"))
-            self.current_part_future.exception()  # mark retrieved: each waiting sender re-raises it anyway
+            future.set_exception(error)
+            future.exception()  # mark retrieved: each waiting sender re-raises it anyway
         else:
-            self.current_part_future.set_result(average)
+            future.set_result(average)
         self.reset_accumulators()
 
 

@@ -127,13 +127,16 @@ def _centered_clip(stacked: torch.Tensor, weights: Sequence[float], *, rules: Ro
     tau = rules.tau_multiple * spread
     if tau <= 0:  # most inputs coincide with the medoid: that is the answer
         return centre, [bool(d > 0) for d in distances[medoid]]
-    clipped = [False] * n
+    clipped, previous_clipped = [False] * n, [True]
     for _ in range(rules.iterations):
         diffs = stacked - centre
         norms = diffs.flatten(1).norm(dim=1)
         scale = torch.clamp(tau / torch.clamp(norms, min=1e-30), max=1.0)
         clipped = [bool(s < 1.0) for s in scale]
+        if not any(clipped) and not any(previous_clipped):
+            break  # the last step clipped no one, so the centre is the weighted mean, and it still clips no one
         centre = centre + ((w * scale).view(view) * diffs).sum(dim=0)
+        previous_clipped = clipped
     return centre, clipped
 
 
