@@ -17,7 +17,9 @@ from tests.e2e.prometheus_server import PrometheusUnavailable, running_prometheu
 pytestmark = pytest.mark.timeout(120)
 
 # Panels that need a training swarm to fill (chunks reported, peers contributing); the e2e test covers them.
-NEEDS_TRAINING = {"swarm_coordinator_reports_total", "swarm_coordinator_peer_samples_contributed"}
+NEEDS_TRAINING = {"swarm_coordinator_reports_total", "swarm_coordinator_peer_samples_contributed",
+                  "swarm_coordinator_peer_samples_per_second", "swarm_coordinator_peer_loss",
+                  "swarm_coordinator_peer_global_epoch"}
 
 
 def _wait_for(condition, *, timeout: float) -> bool:

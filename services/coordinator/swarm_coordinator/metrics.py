@@ -5,6 +5,7 @@ RPC counters and latencies are recorded as calls happen; run progress is compute
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from prometheus_client import REGISTRY, Counter, Histogram
@@ -88,10 +89,41 @@ class ProgressCollector:
             if peer.samples_contributed or peer.peer_id in p.alive_peer_ids:
                 contributed.add_metric([peer.peer_id, peer.name], peer.samples_contributed)
         yield contributed
+        yield from peer_progress_families(p.peers, p.alive_peer_ids)
         up = self._dataset_up()
         if up is not None:
             yield GaugeMetricFamily(f"{PREFIX}dataset_sync_up", "1 when the last dataset sync reached the dataset "
                                     "service", value=int(up))
+
+
+# At most this many peers get per-peer progress series: Prometheus' cost grows with series, a swarm's with peers.
+PEER_SERIES_CAP = 200
+
+
+def peer_progress_rows(peers, alive_ids, *, cap: int = PEER_SERIES_CAP) -> list:
+    """The peers whose heartbeat progress is exported: live ones only (a peer that went silent drops out with its
+    series), the fastest `cap` of them, so cardinality stays bounded however many come and go."""
+    live = [peer for peer in peers if peer.peer_id in alive_ids]
+    live.sort(key=lambda peer: (-(peer.samples_per_s or 0.0), peer.peer_id))
+    return live[:cap]
+
+
+def peer_progress_families(peers, alive_ids, *, cap: int = PEER_SERIES_CAP):
+    """Per-peer samples/s, loss and global epoch from heartbeats, labelled by peer id and name: every trainer shows
+    in Grafana, also those whose own metrics port Prometheus cannot reach."""
+    rate = GaugeMetricFamily(f"{PREFIX}peer_samples_per_second", "Samples/s each live peer reported in its last "
+                             "heartbeat", labels=["peer", "name"])
+    loss = GaugeMetricFamily(f"{PREFIX}peer_loss", "Training loss each live peer reported in its last heartbeat",
+                             labels=["peer", "name"])
+    epoch = GaugeMetricFamily(f"{PREFIX}peer_global_epoch", "Global (hivemind) epoch of each live peer",
+                              labels=["peer", "name"])
+    for peer in peer_progress_rows(peers, alive_ids, cap=cap):
+        labels = [peer.peer_id, peer.name]
+        rate.add_metric(labels, float(peer.samples_per_s or 0.0))
+        if peer.loss is not None and math.isfinite(peer.loss):
+            loss.add_metric(labels, peer.loss)
+        epoch.add_metric(labels, peer.global_epoch)
+    yield from (rate, loss, epoch)
 
 
 def register_collector(collector: ProgressCollector) -> Callable[[], None]:
