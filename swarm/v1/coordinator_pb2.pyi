@@ -260,7 +260,7 @@ class GetProgressRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training")
+    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training", "contributions")
     SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
     DATA_EPOCHS_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +279,7 @@ class Progress(_message.Message):
     SAMPLES_PENDING_FIELD_NUMBER: _ClassVar[int]
     SWARM_EPOCH_MIN_FIELD_NUMBER: _ClassVar[int]
     PEERS_TRAINING_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     samples_done: int
     data_epochs_done: int
     chunks_total: int
@@ -297,4 +298,5 @@ class Progress(_message.Message):
     samples_pending: int
     swarm_epoch_min: int
     peers_training: int
-    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ...) -> None: ...
+    contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
+    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...

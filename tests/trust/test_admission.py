@@ -69,6 +69,13 @@ def test_heartbeat_contributions_become_metrics(coordinator):  # noqa: F811
     labels = {"peer": "QmBad", "token": "mallory"}
     assert REGISTRY.get_sample_value("swarm_coordinator_contributions", labels | {"verdict": "dropped"}) == 6
     assert REGISTRY.get_sample_value("swarm_coordinator_contributions", labels | {"verdict": "clipped"}) == 4
+    progress = client.GetProgress(pb.GetProgressRequest())
+    assert [(c.peer_id, c.token_name, c.dropped, c.clipped) for c in progress.contributions] == [
+        ("QmBad", "mallory", 6, 4)]
+    from swarm_coordinator.status import format_progress
+
+    table = format_progress(progress)
+    assert "contributions as judged by groupmates" in table and "mallory" in table
     with pytest.raises(grpc.RpcError) as bad_request:
         client.Heartbeat(pb.HeartbeatRequest(peer_id="reporter-a", contributions=[pb.Contribution(accepted=1)]))
     assert bad_request.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -118,6 +118,11 @@ class ContributionBook:
                     into[verdict] += n
         return out
 
+    def messages(self) -> list[pb.Contribution]:
+        """The totals as Contribution messages (GetProgress, `swarm status`), most dropped first."""
+        rows = sorted(self.totals().items(), key=lambda item: (-item[1]["dropped"], -item[1]["clipped"], item[0]))
+        return [pb.Contribution(peer_id=peer, token_name=token, **counts) for (peer, token), counts in rows]
+
     def describe(self):
         return []
 

@@ -69,7 +69,7 @@ def servicer_parts(store: Store, settings: CoordinatorSettings, *,
                               dataset_address=settings.dataset_public_address or settings.dataset or "",
                               heartbeat_interval=settings.heartbeat_interval),
             "config": ConfigRpcs(store), "leases": LeaseRpcs(store, contributions=contributions),
-            "progress": ProgressRpcs(store), "admission": admission}
+            "progress": ProgressRpcs(store, contributions=contributions), "admission": admission}
 
 
 def _token_check(settings: CoordinatorSettings, pieces: contextlib.ExitStack) -> Callable[[str], str | None]:
@@ -105,7 +105,7 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
     config = load_yaml(settings.config_path) if settings.config_path else settings.config
     with contextlib.ExitStack() as pieces:
         store = Store.open(settings.db_path, clock=clock, lease_ttl=settings.lease_ttl, peer_ttl=settings.peer_ttl,
-                           synchronous=settings.synchronous)
+                           synchronous=settings.synchronous, limits=settings.limits)
         pieces.callback(store.close)
         if settings.run_id is None:
             settings = settings.replace(run_id=store.config.run_id if store.config else random_run_id())

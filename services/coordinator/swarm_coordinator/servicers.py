@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 from swarm.v1 import coordinator_pb2 as pb
 from swarm.v1 import coordinator_pb2_grpc as pb_grpc
-from swarm_coordinator import metrics, rules
+from swarm_coordinator import addresses, metrics, rules
 from swarm_coordinator.configs import ConfigVersion
 from swarm_coordinator.errors import ConfigNotFound
 from swarm_coordinator.peers import PeerRecord
@@ -27,7 +27,9 @@ def _config_message(version: ConfigVersion) -> pb.RunConfig:
 
 
 def _peer_info(peer: PeerRecord, *, alive: bool) -> pb.PeerInfo:
-    return pb.PeerInfo(peer_id=peer.peer_id, name=peer.name, multiaddrs=peer.multiaddrs, client_mode=peer.client_mode,
+    # No multiaddrs: a volunteer's IP address is not for every token holder (and `swarm status`) to read. A joiner
+    # dials the initial peers instead: the bootstrap DHT and reachable peers' announced addresses (design.md).
+    return pb.PeerInfo(peer_id=peer.peer_id, name=peer.name, client_mode=peer.client_mode,
                        last_seen_unix_ms=int(peer.last_seen * 1000), samples_contributed=peer.samples_contributed,
                        global_epoch=peer.global_epoch, finished=peer.finished,
                        loss=math.nan if peer.loss is None else peer.loss, samples_per_s=peer.samples_per_s,
@@ -49,7 +51,7 @@ class PeerRpcs:
     @rpc_handler("RegisterPeer")
     def RegisterPeer(self, request, context):  # noqa: N802 (the RPC's name in the proto)
         peer_id = rules.check_peer_id(request.peer_id)
-        multiaddrs = rules.check_multiaddrs(request.multiaddrs)
+        multiaddrs = addresses.check_peer_multiaddrs(request.multiaddrs, peer_id=peer_id, limit=rules.MAX_MULTIADDRS)
         name = rules.check_name(request.name)
         if request.batch_size < 0:
             raise rules.InvalidRequest(f"batch_size must be >= 0, got {request.batch_size}")
@@ -142,8 +144,8 @@ class LeaseRpcs:
 class ProgressRpcs:
     """GetProgress: the run's global progress (`swarm status`)."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, *, contributions=None):
+        self.store, self.contributions = store, contributions  # admission.ContributionBook
 
     @rpc_handler("GetProgress")
     def GetProgress(self, request, context):  # noqa: N802 (the RPC's name in the proto)
@@ -155,7 +157,8 @@ class ProgressRpcs:
             run_complete=p.run_complete, max_data_epochs=p.max_data_epochs, lr=p.lr, lr_total_steps=p.lr_total_steps,
             samples_total=p.samples_total, samples_pending=p.samples_pending, swarm_epoch_min=p.swarm_epoch_min,
             peers_training=p.peers_training,
-            peers=[_peer_info(peer, alive=peer.peer_id in p.alive_peer_ids) for peer in p.peers])
+            peers=[_peer_info(peer, alive=peer.peer_id in p.alive_peer_ids) for peer in p.peers],
+            contributions=self.contributions.messages() if self.contributions is not None else [])
 
 
 def compose(parts: Iterable[object]) -> pb_grpc.CoordinatorServicer:

@@ -61,6 +61,13 @@ def format_progress(p: pb.Progress, *, now: float | None = None) -> str:
         lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
         if len(peers) > MAX_PEER_ROWS:
             lines.append(f"... and {len(peers) - MAX_PEER_ROWS} more peers")
+    if p.contributions:
+        lines.extend(["", "contributions as judged by groupmates (swarm.trust; most dropped first):"])
+        rows = [("peer", "token", "accepted", "clipped", "dropped", "refused")]
+        rows += [(_short(c.peer_id), c.token_name or "-", str(c.accepted), str(c.clipped), str(c.dropped),
+                  str(c.refused)) for c in list(p.contributions)[:MAX_PEER_ROWS]]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
     return "\n".join(lines)
 
 
