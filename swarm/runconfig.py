@@ -18,6 +18,10 @@ from swarm.errors import ConfigError
 
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TRAIN_MODES = ("full", "lora")
+# diffusers' train_text_to_image_lora.py targets (UNet attention projections) and its text-encoder ones.
+LORA_UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+LORA_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,14 @@ class RunConfig:
     keep_checkpoints: int = 3
     sample_every_epochs: int = 0
     sample_prompts: tuple[str, ...] = field(default_factory=tuple)
+    # What trains: "full" (the UNet, and the text encoder with train_text_encoder) or "lora" (a peft LoRA adapter
+    # on the frozen model: only the adapter trains, is averaged, checkpointed and exported).
+    train: str = "full"
+    lora_rank: int = 4
+    lora_alpha: float = 0.0  # 0: equal to lora_rank (scale 1), diffusers' default
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LORA_UNET_TARGETS  # module names in the UNet (diffusers' text-to-image LoRA)
+    lora_text_encoder: bool = False  # also a LoRA on the text encoder's attention (LORA_TEXT_ENCODER_TARGETS)
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -67,7 +79,8 @@ class RunConfig:
 
 # Keys whose change cannot be applied to a running peer: it must restart (or the run be restarted).
 RESTART_KEYS = frozenset({"model", "train_text_encoder", "use_ema", "seed", "chunk_size", "resolution",
-                          "buckets_side_min", "buckets_side_max", "buckets_max_area"})
+                          "buckets_side_min", "buckets_side_max", "buckets_max_area", "train", "lora_rank",
+                          "lora_alpha", "lora_dropout", "lora_targets", "lora_text_encoder"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
@@ -161,6 +174,31 @@ def _check_ranges(cfg: RunConfig) -> None:
     for key in ("save_every_epochs", "sample_every_epochs"):
         require(getattr(cfg, key) >= 0, f"{key} must be >= 0 (0 disables it), got {getattr(cfg, key)}")
     require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    _check_lora(cfg, require)
+
+
+def _check_lora(cfg: RunConfig, require) -> None:
+    """The LoRA keys. Target names are checked against the model when it is built (swarm_trainer.lora)."""
+    require(cfg.train in TRAIN_MODES, f"train must be one of {', '.join(TRAIN_MODES)}, got {cfg.train!r}")
+    require(cfg.lora_rank >= 1, f"lora_rank must be >= 1 (4 to 128 is usual), got {cfg.lora_rank}")
+    require(cfg.lora_alpha >= 0, f"lora_alpha must be >= 0 (0 means equal to lora_rank), got {cfg.lora_alpha}")
+    require(0.0 <= cfg.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    require(len(cfg.lora_targets) > 0 and all(t.strip() for t in cfg.lora_targets),
+            f"lora_targets must name at least one module (default: {', '.join(LORA_UNET_TARGETS)})")
+    if cfg.train == "lora":
+        # A LoRA freezes the whole base model; training the full text encoder beside it would average and save
+        # the full encoder too, the opposite of what LoRA is for. The adapter on the encoder is lora_text_encoder.
+        require(not cfg.train_text_encoder, "train: lora freezes the model, so train_text_encoder (the full text "
+                "encoder) cannot be on: set train_text_encoder: false, and lora_text_encoder: true for a LoRA "
+                "on the text encoder")
+    else:
+        require(not cfg.lora_text_encoder, "lora_text_encoder is a LoRA option: set train: lora, or drop "
+                "lora_text_encoder (train_text_encoder trains the full text encoder)")
+
+
+def lora_scale_alpha(cfg: RunConfig) -> float:
+    """The LoRA alpha in use: lora_alpha, or lora_rank when it is 0 (a scale of alpha/rank = 1)."""
+    return cfg.lora_alpha or float(cfg.lora_rank)
 
 
 def load_yaml(path: str) -> RunConfig:
