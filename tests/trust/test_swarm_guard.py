@@ -14,6 +14,7 @@ from hivemind.proto import averaging_pb2
 from hivemind.utils import get_dht_time
 
 from swarm.trust import averager_class
+from swarm.trust.credentials import parse_credential
 from tests.trust.swarm_kit import DIM, LOOPBACK, Coordinator, attacked, averaging_round, gradient, loss, maddrs, problem
 
 ROUNDS, LR = 3, 0.5
@@ -139,14 +140,15 @@ def test_bad_token_holder_cannot_break_the_honest_peers(swarm, attack):
 def test_expired_credential_is_out_of_averaging(swarm, tmp_path):
     """Revocation at the averaging layer: the coordinator stops renewing, so the credential expires."""
     coordinator, peers = swarm
-    revoked = coordinator.start_peer("revoked", maddrs(peers[0]), lifetime_s=4.0)
+    # Long enough to start a DHT on a busy machine; the test then waits for the expiry the credential states.
+    revoked = coordinator.start_peer("revoked", maddrs(peers[0]), lifetime_s=12.0)
     prefix = f"{coordinator.settings.run_id}_revoked"
     honest = guarded_averagers(coordinator, peers[:3], prefix, size=64)
     outcast = averager_class(DecentralizedAverager, coordinator.settings)(
         [torch.zeros(64)], dht=revoked.dht, prefix=prefix, trust=coordinator.settings, start=True,
         target_group_size=4, min_matchmaking_time=1.5, request_timeout=1.0)
     try:
-        expires = time.time() + 4.0
+        expires = parse_credential(revoked.credential_path.read_text())[0].expires_at
         averaging_round(honest + [outcast], [torch.ones(64)] * 4)  # may or may not include it: still valid
         time.sleep(max(0.0, expires - time.time()) + 0.5)
         results = averaging_round(honest + [outcast], [torch.full((64,), float(i)) for i in range(4)])
