@@ -178,7 +178,7 @@ def test_metrics_and_status_output(coordinator, capsys):
     client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id="peer-with-a-long-hivemind-id-1234567890",
                                                      lease_id=lease.lease_id))
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    for line in ("swarm_coordinator_samples_done 2.0", "swarm_coordinator_data_epochs_done 0.0",
+    for line in ("swarm_coordinator_samples_done_total 2.0", "swarm_coordinator_data_epochs_done 0.0",
                  'swarm_coordinator_chunks{state="done"} 1.0', 'swarm_coordinator_chunks{state="queued"} 1.0',
                  "swarm_coordinator_peers_alive 1.0", "swarm_coordinator_config_version 1.0",
                  'swarm_coordinator_peer_samples_contributed{name="alice",'

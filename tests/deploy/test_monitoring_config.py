@@ -111,7 +111,8 @@ def test_dashboard_uids_are_unique():
 
 @pytest.mark.parametrize("dashboard, wanted", [
     ("swarm-overview", {
-        "global samples/s": "swarm_coordinator_samples_done", "samples done": "swarm_coordinator_samples_done",
+        "global samples/s": "swarm_coordinator_samples_done_total",
+        "samples done": "swarm_coordinator_samples_done_total",
         "data epochs": "swarm_coordinator_data_epochs_done", "chunks by state": "swarm_coordinator_chunks",
         "peers alive": "swarm_coordinator_peers_alive", "loss": "swarm_trainer_loss", "lr": "swarm_coordinator_lr"}),
     ("swarm-peer", {

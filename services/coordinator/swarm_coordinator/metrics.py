@@ -9,7 +9,7 @@ import math
 from typing import Callable
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PREFIX = "swarm_coordinator_"
 
@@ -59,8 +59,10 @@ class ProgressCollector:
 
     def collect(self):
         p = self._progress()
+        # A counter (exposed as ..._total): it only grows, and the dashboards and the no-progress alert rate() it.
+        yield CounterMetricFamily(f"{PREFIX}samples_done", "Samples trained and counted (a sample trained twice "
+                                  "counts twice)", value=p.samples_done)
         for name, doc, value in (
-            ("samples_done", "Samples trained and counted (a sample trained twice counts twice)", p.samples_done),
             ("samples_total", "Samples in chunks (one data epoch)", p.samples_total),
             ("samples_pending", "Samples synced from the dataset, waiting to fill a chunk", p.samples_pending),
             ("data_epochs_done", "Complete passes over the dataset (times the least-trained chunk was trained)",
