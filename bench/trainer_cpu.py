@@ -8,7 +8,12 @@ Reference: the loop of diffusers' train_text_to_image (VAE latents x scaling fac
 text embeddings, UNet, MSE, backward, AdamW step, zero_grad). Same seed-built model, same batch, same precision
 (fp32). The two alternate in rounds so that load from other processes hits both alike.
 
-Writes bench/results/trainer_cpu.json: ours and reference samples/s, their ratio, and the setup.
+A third loop is ours with the trust checks on (swarm.trust: a coordinator-signed credential, the DHT authorizer on
+every DHT request, the guarded averagers); `checks_overhead` is 1 - (checks on samples/s) / (checks off samples/s),
+measured in the same rounds. Alone, a peer runs no all-reduce, so `robust_reducer` adds the reducer's own cost: one
+2^19-byte part from 4 senders combined robustly vs hivemind's weighted sum.
+
+Writes bench/results/trainer_cpu.json: ours and reference samples/s, their ratio, checks_overhead, and the setup.
 """
 from __future__ import annotations
 
@@ -66,7 +71,26 @@ def reference_loop(models, images, captions, *, lr: float):
     return step
 
 
-def ours(models, images, captions, *, lr: float):
+def _trust_for_bench(workdir: Path):
+    """A one-peer swarm's admission, as a trainer gets it: identity, a credential signed by a coordinator key, the DHT
+    authorizer and the trust settings (swarm_trainer.admission does the same through the coordinator's RPC)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from swarm.trust.admission import TrustSettings
+    from swarm.trust.credentials import issue_credential, public_key_bytes
+    from swarm.trust.dht_auth import CredentialAuthorizer, CredentialFile, load_or_create_identity
+
+    key = Ed25519PrivateKey.generate()
+    identity = workdir / "identity.key"
+    peer_id, rsa_key = load_or_create_identity(identity)
+    CredentialFile.write(workdir / "credential", issue_credential(
+        key, token_name="bench", peer_id=peer_id, dht_public_key=rsa_key.get_public_key().to_bytes()))
+    authorizer = CredentialAuthorizer(coordinator_public_key=public_key_bytes(key), local_private_key=rsa_key,
+                                      credential_source=CredentialFile(workdir / "credential"))
+    return TrustSettings(run_id="bench-cpu-trust", coordinator_public_key=public_key_bytes(key)), authorizer, identity
+
+
+def ours(models, images, captions, *, lr: float, trust_dir: Path | None = None):
     import torch
 
     from swarm.runconfig import RunConfig
@@ -77,17 +101,55 @@ def ours(models, images, captions, *, lr: float):
     config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=1024, lr=lr, ucg=0.0,
                        target_batch_size=len(images))
     options = SwarmOptions(host_maddrs=("/ip4/127.0.0.1/tcp/0",), matchmaking_time=1.0, averaging_timeout=5.0,
-                           compression="none")
-    dht = make_dht(initial_peers=[], options=options)
+                           compression="none", trust_checks=trust_dir is not None)
+    trust, authorizer, run_id = None, None, "bench-cpu"
+    if trust_dir is not None:
+        from dataclasses import replace
+
+        from swarm.trust.admission import publish_credential
+
+        trust, authorizer, identity = _trust_for_bench(trust_dir)
+        options, run_id = replace(options, identity_path=str(identity)), trust.run_id
+    dht = make_dht(initial_peers=[], options=options, authorizer=authorizer)
+    if trust is not None:
+        publish_credential(dht, trust, (trust_dir / "credential").read_text())
     engine = TrainEngine(models=models, config=config, device=torch.device("cpu"), batch_size=len(images),
-                         backend_factory=lambda params: make_backend(dht=dht, run_id="bench-cpu", params=params,
+                         backend_factory=lambda params: make_backend(dht=dht, run_id=run_id, params=params,
                                                                      config=config, batch_size=len(images),
-                                                                     options=options))
+                                                                     options=options, trust=trust))
 
     def step():
         return engine.train_batch(images, captions)
 
     return step, engine, dht
+
+
+def robust_reducer_cost(repeats: int = 20) -> dict:
+    """Seconds to combine one hivemind-sized part (2^19 bytes fp32) from 4 senders: robust rules vs a weighted sum."""
+    import torch
+
+    from swarm.trust.robust import robust_average
+
+    parts = [torch.randn(2 ** 17) for _ in range(4)]
+    weights = [1.0, 2.0, 1.0, 1.0]
+
+    def plain():
+        acc = torch.zeros(2 ** 17)
+        for part, weight in zip(parts, weights):
+            acc.add_(part, alpha=weight)
+        return acc / sum(weights)
+
+    def robust():
+        return robust_average(parts, weights)
+
+    out = {}
+    for name, fn in (("plain_mean_s", plain), ("robust_s", robust)):
+        fn()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[name] = round((time.perf_counter() - started) / repeats, 6)
+    return out
 
 
 def _timed(step, n: int) -> float:
@@ -107,6 +169,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
 
+    import tempfile
+
     import torch
 
     from swarm_trainer.model import build_tiny
@@ -117,16 +181,23 @@ def main() -> int:
     images, captions = _batch(args.batch_size, args.resolution)
     ref_step = reference_loop(build_tiny(seed=42), images, captions, lr=1e-4)
     our_step, engine, dht = ours(build_tiny(seed=42), images, captions, lr=1e-4)
+    trust_dir = tempfile.TemporaryDirectory()
+    checked_step, checked_engine, checked_dht = ours(build_tiny(seed=42), images, captions, lr=1e-4,
+                                                     trust_dir=Path(trust_dir.name))
     try:
         _timed(ref_step, args.warmup)
         _timed(our_step, args.warmup)
-        ref_s = our_s = 0.0
+        _timed(checked_step, args.warmup)
+        ref_s = our_s = checked_s = 0.0
         for _ in range(args.rounds):
             ref_s += _timed(ref_step, args.steps)
             our_s += _timed(our_step, args.steps)
+            checked_s += _timed(checked_step, args.steps)
         epochs = engine.local_epoch
     finally:
         shutdown(engine.backend, dht)
+        shutdown(checked_engine.backend, checked_dht)
+        trust_dir.cleanup()
     samples = args.rounds * args.steps * args.batch_size
     result = {
         "benchmark": "trainer_cpu",
@@ -134,6 +205,14 @@ def main() -> int:
         "reference_samples_per_s": round(samples / ref_s, 3),
         "ratio": round(ref_s / our_s, 3),
         "ours_global_steps": epochs,
+        "checks_overhead": {
+            "checks_off_samples_per_s": round(samples / our_s, 3),
+            "checks_on_samples_per_s": round(samples / checked_s, 3),
+            "overhead": round(1.0 - our_s / checked_s, 4),
+            "robust_reducer": robust_reducer_cost(),
+            "note": "one peer: the DHT authorizer and guarded averagers are on the path; no all-reduce runs alone, "
+                    "so robust_reducer times the reducer's extra work per 0.5 MiB part separately",
+        },
         "setup": {"model": "tiny (diffusers test UNet 32/64, AutoencoderKL 32/64, CLIP 32x5)",
                   "batch_size": args.batch_size, "resolution": args.resolution, "precision": "fp32",
                   "timed_steps_each": args.rounds * args.steps, "torch_threads": torch.get_num_threads(),
