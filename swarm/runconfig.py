@@ -17,6 +17,8 @@ import yaml
 from swarm.errors import ConfigError
 
 LR_SCHEDULERS = ("constant", "linear", "cosine")
+MODES = ("sync", "diloco")  # how local steps become the swarm's steps (docs/design.md, Modes)
+PSEUDO_GRAD_COMPRESSIONS = ("none", "fp16", "int8", "topk")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRAIN_MODES = ("full", "lora")
 # diffusers' train_text_to_image_lora.py targets (UNet attention projections) and its text-encoder ones.
@@ -63,6 +65,15 @@ class RunConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = LORA_UNET_TARGETS  # module names in the UNet (diffusers' text-to-image LoRA)
     lora_text_encoder: bool = False  # also a LoRA on the text encoder's attention (LORA_TEXT_ENCODER_TARGETS)
+    # How local steps become the swarm's steps. sync: hivemind.Optimizer averages gradients per target_batch_size.
+    # diloco: local inner steps, pseudo-gradients averaged every inner_steps batches, an outer Nesterov step.
+    mode: str = "sync"
+    inner_steps: int = 100  # diloco: local batches per outer round (H); the LR schedule counts inner steps
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    pseudo_grad_compression: str = "int8"  # diloco: none | fp16 | int8 | topk (blocks with error feedback)
+    topk_fraction: float = 0.015625  # diloco topk: the share of values sent per round (1/64)
+    outer_overlap: bool = True  # diloco: apply each round's average one round late (the all-reduce overlaps compute)
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -80,7 +91,10 @@ class RunConfig:
 # Keys whose change cannot be applied to a running peer: it must restart (or the run be restarted).
 RESTART_KEYS = frozenset({"model", "train_text_encoder", "use_ema", "seed", "chunk_size", "resolution",
                           "buckets_side_min", "buckets_side_max", "buckets_max_area", "train", "lora_rank",
-                          "lora_alpha", "lora_dropout", "lora_targets", "lora_text_encoder"})
+                          "lora_alpha", "lora_dropout", "lora_targets", "lora_text_encoder",
+                          # every peer must apply the same outer rule to the same wire format
+                          "mode", "inner_steps", "outer_lr", "outer_momentum", "pseudo_grad_compression",
+                          "topk_fraction", "outer_overlap"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
@@ -175,6 +189,23 @@ def _check_ranges(cfg: RunConfig) -> None:
         require(getattr(cfg, key) >= 0, f"{key} must be >= 0 (0 disables it), got {getattr(cfg, key)}")
     require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     _check_lora(cfg, require)
+    _check_mode(cfg, require)
+
+
+def _check_mode(cfg: RunConfig, require) -> None:
+    require(cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    require(cfg.inner_steps >= 1, f"inner_steps (local batches per DiLoCo round) must be >= 1, got {cfg.inner_steps}")
+    require(cfg.outer_lr > 0, f"outer_lr must be > 0 (DiLoCo uses 0.7), got {cfg.outer_lr}")
+    require(0.0 <= cfg.outer_momentum < 1.0,
+            f"outer_momentum must be in [0, 1) (DiLoCo uses 0.9), got {cfg.outer_momentum}")
+    require(cfg.pseudo_grad_compression in PSEUDO_GRAD_COMPRESSIONS,
+            f"pseudo_grad_compression must be one of {', '.join(PSEUDO_GRAD_COMPRESSIONS)}, "
+            f"got {cfg.pseudo_grad_compression!r}")
+    require(0.0 < cfg.topk_fraction <= 1.0, f"topk_fraction must be in (0, 1], got {cfg.topk_fraction}")
+    require(cfg.mode != "diloco" or cfg.lr_scheduler == "constant" or cfg.lr_total_steps > 0,
+            f"mode diloco with lr_scheduler {cfg.lr_scheduler} needs lr_total_steps: in diloco mode the schedule "
+            f"counts inner steps (round * inner_steps + step), which the coordinator cannot derive from the "
+            f"dataset; set lr_total_steps to the inner steps one peer takes in the whole run")
 
 
 def _check_lora(cfg: RunConfig, require) -> None:

@@ -121,3 +121,25 @@ def test_round_rules():
                 PeerProgress(b"laggard", 1)]
     assert peers_still_in_round(progress, finished_round=3, me=b"me") == [b"slow"]
     assert averaging_weight(8) == 8.0 and 0 < averaging_weight(0) < 1e-3
+
+
+def test_run_config_diloco_keys_are_validated_and_need_a_restart():
+    from swarm.runconfig import ConfigError, RunConfig, restart_needed, validate
+
+    config = validate({"mode": "diloco", "inner_steps": 50, "pseudo_grad_compression": "topk",
+                       "topk_fraction": 0.05, "outer_overlap": False})
+    assert (config.mode, config.inner_steps, config.outer_lr, config.outer_momentum) == ("diloco", 50, 0.7, 0.9)
+    from swarm_trainer.diloco.optimizer import DiLoCoSettings
+
+    settings = DiLoCoSettings.from_config(config)
+    assert (settings.compression, settings.topk_fraction, settings.overlap) == ("topk", 0.05, False)
+    for bad, words in [({"mode": "async"}, "mode must be one of sync, diloco"),
+                       ({"inner_steps": 0}, "inner_steps"), ({"outer_lr": -1}, "outer_lr"),
+                       ({"outer_momentum": 1.0}, "outer_momentum"),
+                       ({"pseudo_grad_compression": "2bit"}, "none, fp16, int8, topk"),
+                       ({"topk_fraction": 1.5}, "topk_fraction"),
+                       ({"mode": "diloco", "lr_scheduler": "cosine"}, "needs lr_total_steps")]:
+        with pytest.raises(ConfigError, match=words):
+            validate(bad)
+    assert restart_needed(RunConfig(), RunConfig(mode="diloco")) == ["mode"]
+    assert restart_needed(RunConfig(mode="diloco"), RunConfig(mode="diloco", outer_lr=0.5)) == ["outer_lr"]

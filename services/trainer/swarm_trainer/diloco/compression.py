@@ -23,7 +23,8 @@ import math
 
 import torch
 
-COMPRESSIONS = ("none", "fp16", "int8", "topk")
+from swarm.runconfig import PSEUDO_GRAD_COMPRESSIONS as COMPRESSIONS  # the run config's one list
+
 BLOCK = 64
 TOPK_FRACTION = 1 / 64  # SparseLoCo sends ~1.56% of values
 
