@@ -10,6 +10,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 TOKEN_HEADER = "authorization"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# What a server reads of one request: every request of ours is small (ids, names, a few numbers), and gRPC refuses
+# a bigger one with RESOURCE_EXHAUSTED while reading it, before any token check or handler runs.
+MAX_REQUEST_BYTES = 1024 * 1024
 # Keepalive so a dead peer's stream is noticed, and long server streams survive idle NATs.
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -61,10 +64,21 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
-def make_server(*, max_workers: int = 16, interceptors: Iterable[grpc.ServerInterceptor] = ()
+def server_options(*, max_request_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[str, int]]:
+    """Channel options of a server: replies up to MAX_MESSAGE_BYTES, requests up to `max_request_bytes`."""
+    options = dict(CHANNEL_OPTIONS)
+    options["grpc.max_receive_message_length"] = max_request_bytes
+    return list(options.items())
+
+
+def make_server(*, max_workers: int = 16, interceptors: Iterable[grpc.ServerInterceptor] = (),
+                max_concurrent_rpcs: int | None = None, max_request_bytes: int = MAX_REQUEST_BYTES
                 ) -> tuple[grpc.Server, health.HealthServicer]:
+    """A gRPC server with the health service. `max_concurrent_rpcs` (default: 8 per worker thread) bounds the calls
+    queued or running at once: more are refused with RESOURCE_EXHAUSTED instead of piling up behind slow ones."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=list(interceptors),
-                         options=CHANNEL_OPTIONS)
+                         options=server_options(max_request_bytes=max_request_bytes),
+                         maximum_concurrent_rpcs=max_concurrent_rpcs or 8 * max_workers)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer

@@ -205,10 +205,14 @@ def test_lease_ids_must_be_uuids():
 
 
 def test_multiaddrs_validated():
-    assert rules.check_multiaddrs(["/ip4/1.2.3.4/tcp/5", "/ip4/1.2.3.4/tcp/5"]) == ("/ip4/1.2.3.4/tcp/5",)
-    for bad in (["1.2.3.4:5"], ["/ip4/1.2.3.4/tcp/5 x"], ["/x"] * 33):
+    from swarm_coordinator.addresses import check_peer_multiaddrs
+
+    me = "QmQJ3KMfh8TfJqZcRrZqrNvfLZYncAXotU4LCB4DrtYVpG"
+    good = f"/ip4/1.2.3.4/tcp/5/p2p/{me}"
+    assert check_peer_multiaddrs([good, good], peer_id=me, limit=rules.MAX_MULTIADDRS) == (good,)
+    for bad in (["1.2.3.4:5"], [good + " x"], [good] * 33, ["/ip4/1.2.3.4/tcp/5"]):
         with pytest.raises(rules.InvalidRequest):
-            rules.check_multiaddrs(bad)
+            check_peer_multiaddrs(bad, peer_id=me, limit=rules.MAX_MULTIADDRS)
 
 
 def test_heartbeat_numbers():
@@ -229,3 +233,43 @@ def test_a_live_peer_id_belongs_to_the_token_that_registered_it():
     assert rules.may_register(owner="a", caller="b", last_seen=10, now=100, peer_ttl=60)  # silent: may move
     assert rules.may_act_for(owner="a", caller="a") and not rules.may_act_for(owner="a", caller="b")
     assert rules.may_act_for(owner=None, caller="b")
+
+
+def test_limits_rules():
+    from swarm_coordinator import limits
+    from swarm_coordinator.errors import LimitExceeded
+
+    limits.check_peers_per_token(2, limit=3)
+    with pytest.raises(LimitExceeded, match="limit of 3 live peers per join token"):
+        limits.check_peers_per_token(3, limit=3)
+    assert limits.leases_allowed(held=0, asked=1024, limit=64) == 64
+    assert limits.leases_allowed(held=63, asked=5, limit=64) == 1
+    with pytest.raises(LimitExceeded, match="limit of 64 active leases per peer"):
+        limits.leases_allowed(held=64, asked=1, limit=64)
+    assert limits.plausible_pace(10.0, floor=256, slack=4) == 256
+    assert limits.plausible_pace(100.0, floor=256, slack=4) == 400
+    assert limits.plausible_pace(float("inf"), floor=256, slack=4) == 256  # a lie about pace buys nothing
+    assert limits.refilled(0.0, elapsed=2.0, pace=10.0, burst=100.0) == 20.0
+    assert limits.refilled(90.0, elapsed=2.0, pace=10.0, burst=100.0) == 100.0
+    with pytest.raises(LimitExceeded, match="plausible pace"):
+        limits.check_report_pace(3.0, samples=4, pace=1.0)
+    assert limits.max_plausible_epoch(planned_epochs=100, swarm_epoch=5, slack=16) == 216
+    assert limits.max_plausible_epoch(planned_epochs=0, swarm_epoch=5, slack=16) == 21
+    with pytest.raises(rules.InvalidRequest, match="not plausible"):
+        limits.check_epoch(2**63 - 1, bound=126)
+
+
+def test_report_pace_meter_spends_refills_and_refunds():
+    from swarm_coordinator.errors import LimitExceeded
+    from swarm_coordinator.limits import Limits, ReportPace
+
+    now = [0.0]
+    meter = ReportPace(Limits(report_pace_floor=2.0, report_pace_slack=1.0, report_burst=4.0), clock=lambda: now[0])
+    meter.spend("p", 4, measured_samples_per_s=0.0)
+    with pytest.raises(LimitExceeded):
+        meter.spend("p", 1, measured_samples_per_s=0.0)
+    meter.spend("other", 4, measured_samples_per_s=0.0)  # budgets are per peer
+    now[0] = 1.0
+    meter.spend("p", 2, measured_samples_per_s=0.0)  # 1 s at 2 samples/s
+    meter.refund("p", 2)
+    meter.spend("p", 2, measured_samples_per_s=0.0)

@@ -14,11 +14,18 @@ from swarm.rpc import channel
 from swarm.runconfig import RunConfig
 from swarm.v1 import coordinator_pb2 as pb
 from swarm_coordinator import configs
+from swarm_coordinator.addresses import base58_encode
+from swarm_coordinator.limits import Limits
 from swarm_coordinator.tokens import create_token, revoke_tokens
 
 pytestmark = pytest.mark.timeout(60)
 
 BOOT = "/ip4/10.0.0.1/tcp/31337/p2p/QmBootstrap"
+
+
+def peer_id(name: str) -> str:
+    """A well-formed libp2p peer id (an identity multihash) for a test peer named `name`."""
+    return base58_encode(bytes([0, len(name)]) + name.encode())
 
 
 def _seed(server, n=3, size=2):
@@ -58,10 +65,12 @@ def test_every_rpc_but_health_needs_a_valid_token(coordinator, db_path):
 def test_register_returns_config_initial_peers_and_dataset(coordinator, clock):
     server, client = coordinator(bootstrap_peers=[BOOT], dataset="127.0.0.1:1", dataset_public_address="data:50052",
                                  lease_ttl=300, heartbeat_interval=7, config=RunConfig(lr=3e-5))
-    client.register("peerA", multiaddrs=["/ip4/1.1.1.1/tcp/1"], name="A", batch_size=4)
-    client.register("peerC", multiaddrs=["/ip4/3.3.3.3/tcp/3"], client_mode=True)
-    reply = client.register("peerB", multiaddrs=["/ip4/2.2.2.2/tcp/2"])
-    assert list(reply.initial_peers) == [BOOT, "/ip4/1.1.1.1/tcp/1"]  # bootstrap first; no client-mode peer, not self
+    a, b, c = peer_id("peerA"), peer_id("peerB"), peer_id("peerC")
+    client.register(a, multiaddrs=[f"/ip4/1.1.1.1/tcp/1/p2p/{a}"], name="A", batch_size=4)
+    client.register(c, multiaddrs=[f"/ip4/3.3.3.3/tcp/3/p2p/{c}"], client_mode=True)
+    reply = client.register(b, multiaddrs=[f"/ip4/2.2.2.2/tcp/2/p2p/{b}"])
+    # bootstrap first; no client-mode peer, not self
+    assert list(reply.initial_peers) == [BOOT, f"/ip4/1.1.1.1/tcp/1/p2p/{a}"]
     assert reply.dataset_address == "data:50052"
     assert (reply.lease_ttl_s, reply.heartbeat_interval_s) == (300, 7)
     assert json.loads(reply.config.config_json)["lr"] == 3e-5 and reply.config.run_id == "test-run"
@@ -238,19 +247,19 @@ def test_concurrent_calls_from_many_threads_all_succeed(coordinator):
     (reads of the in-memory tables happen under the store lock)."""
     import threading
 
-    server, client = coordinator(max_workers=8)
+    server, client = coordinator(max_workers=8, limits=Limits(peers_per_token=1000))
     _seed(server, n=50)
     errors: list[str] = []
 
     def work(t: int) -> None:
         try:
             for i in range(40):
-                peer_id = f"t{t}-p{i}"
-                client.register(peer_id, multiaddrs=[f"/ip4/10.0.{t}.{i}/tcp/1"])
-                client.Heartbeat(pb.HeartbeatRequest(peer_id=peer_id, global_epoch=i))
-                leases = client.LeaseChunks(pb.LeaseChunksRequest(peer_id=peer_id, max_chunks=1, config_version=1))
+                peer = peer_id(f"t{t}-p{i}")
+                client.register(peer, multiaddrs=[f"/ip4/10.0.{t}.{i}/tcp/1/p2p/{peer}"])
+                client.Heartbeat(pb.HeartbeatRequest(peer_id=peer, global_epoch=i % 3))  # plausible: <= planned + slack
+                leases = client.LeaseChunks(pb.LeaseChunksRequest(peer_id=peer, max_chunks=1, config_version=1))
                 for lease in leases.leases:
-                    client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id=peer_id, lease_id=lease.lease_id))
+                    client.ReportChunkDone(pb.ReportChunkDoneRequest(peer_id=peer, lease_id=lease.lease_id))
                 if i % 5 == 0:
                     client.ListPeers(pb.ListPeersRequest())
                     client.GetProgress(pb.GetProgressRequest())

@@ -36,9 +36,10 @@ def _wait_for(condition, *, timeout=10.0):
 
 def test_api_status_agrees_with_get_progress_and_hides_addresses(coordinator, clock):
     server, client = coordinator(status_page=PAGE, upkeep_interval=0.05)
-    client.register("QmReachable", name="alice", multiaddrs=["/ip4/203.0.113.5/tcp/31338/p2p/QmReachable"])
+    reachable = "QmQJ3KMfh8TfJqZcRrZqrNvfLZYncAXotU4LCB4DrtYVpG"  # a multiaddr must name its peer's real id
+    client.register(reachable, name="alice", multiaddrs=[f"/ip4/203.0.113.5/tcp/31338/p2p/{reachable}"])
     client.register("QmBehindNat", name="bob", client_mode=True)
-    client.Heartbeat(pb.HeartbeatRequest(peer_id="QmReachable", global_epoch=3, loss=0.5, samples_per_s=2.5))
+    client.Heartbeat(pb.HeartbeatRequest(peer_id=reachable, global_epoch=3, loss=0.5, samples_per_s=2.5))
     doc = _status(server)
     progress = client.GetProgress(pb.GetProgressRequest())
     assert doc["run"]["name"] == "test-run" and doc["run"]["model"] == "tiny"

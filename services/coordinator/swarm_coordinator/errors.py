@@ -33,3 +33,8 @@ class DatabaseInUse(RuntimeError):
 
 class PeerOfAnotherToken(StoreError):
     kind = "permission_denied"
+
+
+class LimitExceeded(StoreError):
+    """A per-token limit (limits.py): RESOURCE_EXHAUSTED, the message names the limit."""
+    kind = "resource_exhausted"

@@ -21,6 +21,14 @@ def lr_total_steps(config: RunConfig, *, samples_total: int) -> int:
                            target_batch_size=config.target_batch_size)
 
 
+def planned_epochs(config: RunConfig, *, samples_total: int) -> int:
+    """Global epochs the run is planned to take (the larger of the configured LR span and what the dataset size and
+    data-epoch limit give); 0 while the dataset is empty. Bounds the epochs a heartbeat may claim (limits.py)."""
+    derived = 0 if samples_total <= 0 else total_steps_for(
+        total_samples=samples_total, max_data_epochs=config.max_data_epochs, target_batch_size=config.target_batch_size)
+    return max(config.lr_total_steps, derived)
+
+
 def current_lr(config: RunConfig, *, epoch: int, samples_total: int) -> float:
     """The LR every peer uses at global epoch `epoch`: a late joiner starts at exactly this value."""
     return lr_for(config, epoch=max(0, epoch), total_steps=lr_total_steps(config, samples_total=samples_total))

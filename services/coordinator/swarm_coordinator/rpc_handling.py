@@ -24,7 +24,8 @@ logger = get_logger(__name__)
 
 _STORE_ERROR_CODES = {"failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
                       "not_found": grpc.StatusCode.NOT_FOUND,
-                      "permission_denied": grpc.StatusCode.PERMISSION_DENIED}
+                      "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+                      "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED}
 _recorder = metrics.RpcRecorder()
 
 

@@ -256,16 +256,6 @@ def check_max_chunks(max_chunks: int) -> int:
     return max_chunks
 
 
-def check_multiaddrs(multiaddrs: Sequence[str]) -> tuple[str, ...]:
-    if len(multiaddrs) > MAX_MULTIADDRS:
-        raise InvalidRequest(f"{len(multiaddrs)} multiaddrs announced; send at most {MAX_MULTIADDRS}")
-    for addr in multiaddrs:
-        if not addr.startswith("/") or len(addr) > 512 or any(ch.isspace() for ch in addr):
-            raise InvalidRequest(f"multiaddr {addr[:80]!r} is not valid: expected e.g. "
-                                 f"/ip4/1.2.3.4/tcp/31337/p2p/Qm...")
-    return tuple(dict.fromkeys(multiaddrs))
-
-
 def dialable(addr: str) -> bool:
     """A wildcard listen address (0.0.0.0, ::) cannot be dialled by anyone; it never reaches a joiner."""
     return bool(addr) and not addr.startswith(("/ip4/0.0.0.0/", "/ip6/::/"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from swarm import cliargs
 from swarm.metrics import default_metrics_host
 from swarm.runconfig import RunConfig, validate_run_id
+from swarm_coordinator.limits import Limits
 from swarm_coordinator.statuspage.settings import StatusPageSettings
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
@@ -40,6 +41,7 @@ class CoordinatorSettings:
     upkeep_interval: float = 1.0  # seconds between lease reaping / config refresh passes
     synchronous: str = "normal"  # SQLite synchronous mode: "full" also survives power loss (db.py)
     max_workers: int = 4  # threads answering RPCs; calls are short and share one lock
+    limits: Limits = field(default_factory=Limits)  # what one join token may use (limits.py)
     token_cache_ttl: float = 5.0  # seconds a join token check is cached (a revoked token stops within this)
     metrics_port: int | None = 9100  # None: no /metrics
     metrics_host: str = field(default_factory=default_metrics_host)  # loopback unless $SWARM_METRICS_HOST

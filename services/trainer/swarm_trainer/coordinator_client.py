@@ -61,8 +61,11 @@ class CoordinatorClient:
 
     def register(self, *, peer_id: str, multiaddrs: Sequence[str], client_mode: bool, name: str,
                  batch_size: int) -> pb.RegisterPeerResponse:
+        # The coordinator takes only addresses ending in /p2p/<our id>; an --announce-maddrs address often lacks it.
+        own = [addr if addr.rstrip("/").endswith(f"/p2p/{peer_id}") else f"{addr.rstrip('/')}/p2p/{peer_id}"
+               for addr in multiaddrs]
         return self._call("RegisterPeer", pb.RegisterPeerRequest(
-            peer_id=peer_id, multiaddrs=list(multiaddrs), client_mode=client_mode, name=name, batch_size=batch_size))
+            peer_id=peer_id, multiaddrs=own, client_mode=client_mode, name=name, batch_size=batch_size))
 
     def get_config(self, version: int = 0) -> pb.RunConfig:
         return self._call("GetConfig", pb.GetConfigRequest(version=version))

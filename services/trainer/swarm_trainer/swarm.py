@@ -89,7 +89,23 @@ def make_dht(*, initial_peers: Sequence[str], options: SwarmOptions, authorizer=
         kwargs["announce_maddrs"] = list(options.announce_maddrs)
     if options.identity_path:
         kwargs["identity_path"] = options.identity_path
-    return hivemind.DHT(initial_peers=list(initial_peers), start=True, **kwargs)
+    return hivemind.DHT(initial_peers=dialable_initial_peers(initial_peers), start=True, **kwargs)
+
+
+def dialable_initial_peers(initial_peers: Sequence[str]) -> list[str]:
+    """The initial peers hivemind can parse; the others are dropped with a warning (one bad address from the
+    coordinator must not stop this peer's p2p daemon from starting)."""
+    from hivemind.utils.multiaddr import Multiaddr
+
+    good = []
+    for addr in initial_peers:
+        try:
+            Multiaddr(addr)
+        except Exception as e:  # noqa: BLE001 (the parser raises several kinds; any means "not dialable")
+            logger.warning(f"ignoring initial peer {addr[:120]!r}: not a multiaddr ({e})")
+        else:
+            good.append(addr)
+    return good
 
 
 def visible_multiaddrs(dht) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from swarm_coordinator import configs as config_rows
+from swarm_coordinator import limits as limit_rules
 from swarm_coordinator.errors import ConfigNotFound as ConfigNotFound  # re-exported: callers import them from here
 from swarm_coordinator.errors import DatabaseInUse as DatabaseInUse
 from swarm_coordinator.errors import LeaseNotFound as LeaseNotFound
@@ -37,8 +38,9 @@ from swarm_coordinator.errors import PeerNotRegistered as PeerNotRegistered
 from swarm_coordinator.errors import PeerOfAnotherToken as PeerOfAnotherToken
 from swarm_coordinator.errors import StoreError as StoreError
 from swarm_coordinator.errors import UnknownConfigVersion as UnknownConfigVersion
+from swarm_coordinator.limits import Limits, ReportPace
 from swarm_coordinator.peers import PeerRecord
-from swarm_coordinator.progress import ProgressSnapshot, current_lr, lr_total_steps
+from swarm_coordinator.progress import ProgressSnapshot, current_lr, lr_total_steps, planned_epochs
 from swarm_coordinator.rules import Outcome, SwarmEpochs
 from swarm_coordinator.store.config_versions import ConfigVersions
 from swarm_coordinator.store.connection import StoreConnection
@@ -51,22 +53,24 @@ from swarm_coordinator.store.status_history import StatusHistory
 
 class Store:
     def __init__(self, connection: StoreConnection, *, clock: Callable[[], float] = time.time,
-                 lease_ttl: float = 1200.0, peer_ttl: float = 120.0):
+                 lease_ttl: float = 1200.0, peer_ttl: float = 120.0, limits: Limits | None = None):
         self.connection, self.clock = connection, clock
+        self.limits = limits or Limits()
+        self.pace = ReportPace(self.limits)  # per-peer report budgets (monotonic time, not the store's clock)
         self.configs = ConfigVersions(connection, clock=clock)
         self.leases = LeaseBook(lease_ttl=lease_ttl)
         self.intake = ChunkIntake(connection, configs=self.configs, leases=self.leases, clock=clock)
-        self.peers = PeerRegistry(connection, peer_ttl=peer_ttl)
+        self.peers = PeerRegistry(connection, peer_ttl=peer_ttl, peers_per_token=self.limits.peers_per_token)
         self.history = StatusHistory(connection)
         self._lock = connection.lock
         self._load()
 
     @classmethod
     def open(cls, db_path: str, *, clock: Callable[[], float] = time.time, lease_ttl: float = 1200.0,
-             peer_ttl: float = 120.0, synchronous: str = "normal") -> "Store":
+             peer_ttl: float = 120.0, synchronous: str = "normal", limits: Limits | None = None) -> "Store":
         connection = StoreConnection.open(db_path, synchronous=synchronous)
         try:
-            return cls(connection, clock=clock, lease_ttl=lease_ttl, peer_ttl=peer_ttl)
+            return cls(connection, clock=clock, lease_ttl=lease_ttl, peer_ttl=peer_ttl, limits=limits)
         except BaseException:
             connection.close()
             raise
@@ -135,6 +139,8 @@ class Store:
         """Lease up to `count` chunks to a registered peer: least-trained first; what is free, possibly nothing."""
         with self._lock:
             self.peers.require(peer_id, caller).last_seen = now = self.clock()
+            count = limit_rules.leases_allowed(held=len(self.leases.owned(peer_id)), asked=count,
+                                               limit=self.limits.leases_per_peer)
             with self.connection.write() as tx:
                 return self.leases.grant(tx, peer_id, count, now=now, max_data_epochs=self.max_data_epochs)
 
@@ -145,6 +151,9 @@ class Store:
         with self._lock:
             peer = self.peers.require(peer_id, caller)
             now = self.clock()
+            limit_rules.check_epoch(global_epoch, bound=limit_rules.max_plausible_epoch(
+                planned_epochs=planned_epochs(self.configs.config, samples_total=self.queue.samples_total),
+                swarm_epoch=self.peers.table.epochs(now=now).swarm_epoch, slack=self.limits.epoch_slack))
             with self.connection.write() as tx:
                 self.peers.heartbeat(tx, peer, now=now, global_epoch=global_epoch, loss=loss,
                                      samples_per_s=samples_per_s, finished=finished)
@@ -157,10 +166,20 @@ class Store:
             peer.last_seen = now = self.clock()
             if not self.leases.is_active(lease_id):
                 return self.leases.report_ended(self.connection.raw, peer_id, lease_id, now=now)
-            with self.connection.write() as tx:
-                result = self.leases.report_active(tx, peer_id, lease_id, now=now)
-                if result.outcome is Outcome.COUNTED:
-                    self.peers.credit(tx, peer, samples=result.samples_counted)
+            slot = self.queue.lease_chunk(lease_id)
+            charged = slot.n_samples if slot.peer_id == peer_id else 0
+            if charged:
+                self.pace.spend(peer_id, charged, measured_samples_per_s=peer.samples_per_s)
+            try:
+                with self.connection.write() as tx:
+                    result = self.leases.report_active(tx, peer_id, lease_id, now=now)
+                    if result.outcome is Outcome.COUNTED:
+                        self.peers.credit(tx, peer, samples=result.samples_counted)
+            except BaseException:
+                self.pace.refund(peer_id, charged)
+                raise
+            if result.outcome is not Outcome.COUNTED:
+                self.pace.refund(peer_id, charged)
             return result
 
     def release(self, peer_id: str, lease_ids: Sequence[str] = (), *, caller: str | None = None) -> int:

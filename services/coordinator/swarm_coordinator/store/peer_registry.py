@@ -10,14 +10,16 @@ from sqlalchemy.dialects.sqlite import insert
 
 from swarm_coordinator import db
 from swarm_coordinator.errors import PeerNotRegistered, PeerOfAnotherToken
+from swarm_coordinator.limits import check_peers_per_token
 from swarm_coordinator.peers import PeerRecord, PeerTable
 from swarm_coordinator.rules import may_act_for, may_register
 from swarm_coordinator.store.connection import StoreConnection, Transaction
 
 
 class PeerRegistry:
-    def __init__(self, db_conn: StoreConnection, *, peer_ttl: float):
+    def __init__(self, db_conn: StoreConnection, *, peer_ttl: float, peers_per_token: int = 64):
         self._db = db_conn
+        self.peers_per_token = peers_per_token
         self.table = PeerTable(peer_ttl=peer_ttl)
 
     def load(self, conn: sa.Connection) -> None:
@@ -45,6 +47,9 @@ class PeerRegistry:
                                                       now=now, peer_ttl=self.table.peer_ttl):
                 raise PeerOfAnotherToken(f"peer id {peer_id} is in use by a live peer registered with another join "
                                          f"token: use your own peer id")
+            if caller is not None:
+                others = sum(1 for p in self.table.live(now=now) if p.owner == caller and p.peer_id != peer_id)
+                check_peers_per_token(others, limit=self.peers_per_token)
             values = {"name": name, "multiaddrs": json.dumps(list(multiaddrs)), "client_mode": client_mode,
                       "batch_size": batch_size, "last_seen": now}
             if caller is not None:
