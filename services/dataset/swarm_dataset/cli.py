@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from swarm.cliargs import port_arg, positive_float_arg, positive_int_arg
 from swarm.metrics import add_metrics_host_arg
@@ -81,6 +82,8 @@ def register(subparsers) -> None:
     serve.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint for s3:// storage")
     serve.add_argument("--coordinator", metavar="HOST:PORT",
                        help="check every caller's join token with this coordinator (without it the service is open)")
+    serve.add_argument("--streams-per-token", type=positive_int_arg, default=4,
+                       help="concurrent StreamSamples calls one join token may have open (with --coordinator)")
     serve.add_argument("--metrics-port", type=port_arg, default=9101,
                        help="Prometheus /metrics port (0: any free port)")
     add_metrics_host_arg(serve)
@@ -184,7 +187,10 @@ def _run_serve(args) -> int:
                      s3_endpoint_url=args.s3_endpoint_url, coordinator=args.coordinator,
                      metrics_port=args.metrics_port, metrics_host=args.metrics_host, workers=args.workers,
                      read_ahead=args.read_ahead,
-                     default_encoding=args.encoding, default_quality=args.quality, ready_file=args.ready_file)
+                     default_encoding=args.encoding, default_quality=args.quality, ready_file=args.ready_file,
+                     streams_per_token=args.streams_per_token,
+                     # the host's own tool token for originals (as_stored); from the environment, not argv (ps)
+                     originals_token=os.environ.get("SWARM_DATASET_ORIGINALS_TOKEN") or None)
     except (FileNotFoundError, StorageError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 

@@ -10,6 +10,7 @@ resizes, while memory stays bounded by workers and read-ahead, not by chunk size
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -31,6 +32,7 @@ from swarm.v1 import dataset_pb2, dataset_pb2_grpc
 from swarm_dataset import imaging
 from swarm_dataset.index import Index, SampleInfo
 from swarm_dataset.storage import StorageError, open_storage
+from swarm_dataset.stream_guard import DEFAULT_STREAMS_PER_TOKEN, StreamGuard, StreamRefused
 
 logger = get_logger(__name__)
 
@@ -102,9 +104,11 @@ def _describe_missing(missing: list[int]) -> str:
 
 class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
     def __init__(self, *, index: Index, storage, pool: ThreadPoolExecutor, read_ahead: int = 8,
-                 default_encoding: str = "jpeg", default_quality: int = imaging.DEFAULT_QUALITY):
+                 default_encoding: str = "jpeg", default_quality: int = imaging.DEFAULT_QUALITY,
+                 guard: StreamGuard | None = None):
         imaging.check_encoding(default_encoding, default_quality)
         self.index, self.storage, self.pool = index, storage, pool
+        self.guard = guard  # per-token stream rules (stream_guard.py); None: an open service
         self.read_ahead = max(1, read_ahead)
         self.default_encoding, self.default_quality = default_encoding, default_quality
 
@@ -131,11 +135,17 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
         if missing:
             self._refuse(context, grpc.StatusCode.NOT_FOUND, "not_found", _describe_missing(missing))
         rng = random.Random() if request.random_crop else None
-        yield from self._stream([found[i] for i in ids], context=context, as_stored=request.as_stored,
-                                encoding=encoding, quality=quality, rng=rng)
+        guard = (self.guard.stream(context, ids=ids, as_stored=request.as_stored) if self.guard is not None
+                 else contextlib.nullcontext(None))
+        try:
+            with guard as still_allowed:
+                yield from self._stream([found[i] for i in ids], context=context, as_stored=request.as_stored,
+                                        encoding=encoding, quality=quality, rng=rng, still_allowed=still_allowed)
+        except StreamRefused as refusal:
+            self._refuse(context, refusal.code, refusal.reason, refusal.message)
 
     def _stream(self, samples: list[SampleInfo], *, context, as_stored: bool, encoding: str, quality: int,
-                rng: random.Random | None):
+                rng: random.Random | None, still_allowed=None):
         started = time.monotonic()
         ACTIVE_STREAMS.inc()
         pending: deque[Future] = deque()
@@ -154,6 +164,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
                     logger.warning(failure.message)
                     finished = True
                     self._refuse(context, failure.code, failure.reason, failure.message)
+                if still_allowed is not None and (error := still_allowed()) is not None:
+                    finished = True  # a revoked token's open stream ends here, within seconds
+                    self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "token_rejected", f"stream ended: {error}")
                 next_sample = next(todo, None)  # keep the window full before blocking on the send
                 if next_sample is not None:
                     pending.append(self.pool.submit(_prepare, self.storage, next_sample, as_stored=as_stored,
@@ -234,7 +247,8 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
                  metrics_host: str | None = None, workers: int | None = None, read_ahead: int | None = None,
                  default_encoding: str = "jpeg",
                  default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
-                 token_ttl_s: float = 60.0) -> DatasetServer:
+                 token_ttl_s: float = 5.0, streams_per_token: int = DEFAULT_STREAMS_PER_TOKEN,
+                 originals_token: str | None = None) -> DatasetServer:
     """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
     for name, value, low, high in (("workers", workers, 1, 256), ("read-ahead", read_ahead, 1, 1024)):
         if value is not None and not low <= value <= high:
@@ -254,19 +268,21 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     storage = open_storage(storage_url, endpoint_url=s3_endpoint_url, create=fresh)
     workers = workers or default_workers()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dataset-io")
-    token_check = None
+    token_check, guard = None, None
     interceptors = []
     if coordinator:
         from swarm_dataset.auth import CoordinatorTokenCheck
 
         token_check = CoordinatorTokenCheck(coordinator, ttl_s=token_ttl_s)
         interceptors.append(rpc.TokenAuthInterceptor(token_check))
+        guard = StreamGuard(token_check=token_check, max_streams_per_token=streams_per_token,
+                            originals_token=originals_token)
     else:
         logger.warning("no --coordinator given: the dataset service is open to anyone who can reach it")
     server, health = rpc.make_server(max_workers=grpc_threads, interceptors=interceptors)
     servicer = DatasetServicer(index=index, storage=storage, pool=pool,
                                read_ahead=read_ahead or default_read_ahead(workers),
-                               default_encoding=default_encoding, default_quality=default_quality)
+                               default_encoding=default_encoding, default_quality=default_quality, guard=guard)
     dataset_pb2_grpc.add_DatasetServicer_to_server(servicer, server)
     address = rpc.bind(server, listen)
     server.start()
