@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROTOS := $(wildcard protos/swarm/v1/*.proto)
 NAME ?=
 
-.PHONY: venv proto demo lint test test-fast test-deps bench host clean
+.PHONY: venv proto demo lint test test-fast test-deps compose-test bench host clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test: lint test-deps
 # The edit-test loop: lint and every test but the end-to-end ones (marked e2e; they start whole swarms).
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not e2e"
+
+# Build every image with a real Docker engine, run the compose host and two volunteers through a tiny run, restart
+# the host and check its volumes (deploy/ci/compose_test.sh; root: it installs Docker and starts dockerd if needed).
+compose-test: $(STAMP)
+	bash deploy/ci/compose_test.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(NAME)
