@@ -7,6 +7,11 @@ from typing import Callable, Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from swarm import tls as swarm_tls
+from swarm.logs import get_logger
+
+logger = get_logger(__name__)
+
 TOKEN_HEADER = "authorization"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -84,10 +89,19 @@ def make_server(*, max_workers: int = 16, interceptors: Iterable[grpc.ServerInte
     return server, health_servicer
 
 
-def bind(server: grpc.Server, address: str) -> str:
-    """Bind `host:port` (port 0 picks a free one) and return the address actually bound."""
+def bind(server: grpc.Server, address: str, *, tls_cert: str | None = None, tls_key: str | None = None) -> str:
+    """Bind `host:port` (port 0 picks a free one) and return the address actually bound; TLS with `tls_cert` and
+    `tls_key` (PEM files, swarm.tls), else plaintext (a warning unless on loopback: tokens would cross in clear)."""
     host = address.rpartition(":")[0]
-    bound = server.add_insecure_port(address)
+    if (tls_cert is None) != (tls_key is None):
+        raise swarm_tls.TlsError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+    if tls_cert:
+        bound = server.add_secure_port(address, swarm_tls.server_credentials(tls_cert, tls_key))
+    else:
+        if not swarm_tls.is_loopback(host):
+            logger.warning(f"serving plaintext gRPC on {address}: join tokens cross the network in the clear; "
+                           f"serve TLS with --tls-cert/--tls-key (README, Run)")
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not listen on {address}: is the port in use?")
     return f"{host}:{bound}"
@@ -98,8 +112,14 @@ def set_serving(health_servicer: health.HealthServicer, *services: str) -> None:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, *, tls: "swarm_tls.ClientTls | None" = None) -> grpc.Channel:
+    """A channel to `address`: TLS checked by `tls` (or $SWARM_TLS_FINGERPRINT / $SWARM_TLS_CA_FILE), else
+    plaintext. With a pinned fingerprint the server's certificate is fetched and checked first (TlsError)."""
+    tls = tls or swarm_tls.ClientTls.from_env()
+    if tls is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    credentials, options = swarm_tls.channel_credentials(address, tls)
+    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS + options)
 
 
 def wait_healthy(address: str, *, timeout: float = 30.0) -> None:

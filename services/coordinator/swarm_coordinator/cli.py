@@ -7,9 +7,10 @@ import os
 import sys
 import time
 
-from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg
+from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg, positive_int_arg
 from swarm.metrics import add_metrics_host_arg
 from swarm.runconfig import RESTART_KEYS
+from swarm_coordinator.limits import Limits
 from swarm_coordinator.settings import MAX_GRPC_WORKERS, CoordinatorSettings
 from swarm_coordinator.statuspage.settings import (
     DEFAULT_JOIN_IMAGE,
@@ -28,6 +29,13 @@ def register(subparsers) -> None:
                     "join token (`swarm token create --db DB`).")
     p.add_argument("--listen", type=address_arg, default="0.0.0.0:50051", metavar="HOST:PORT",
                    help="HOST:PORT to serve on; port 0 picks a free one (default: %(default)s)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (with --tls-key); clients pin "
+                                                    "its fingerprint (`python -m swarm.tls` makes one, prints it)")
+    p.add_argument("--tls-key", metavar="PEM", help="the TLS certificate's private key")
+    p.add_argument("--max-peers-per-token", type=positive_int_arg, default=64,
+                   help="live peers one join token may register (default: %(default)s)")
+    p.add_argument("--max-leases-per-peer", type=positive_int_arg, default=64,
+                   help="chunk leases one peer may hold at once (default: %(default)s)")
     p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
                    help="SQLite database with all coordinator state (default: %(default)s)")
     p.add_argument("--config", metavar="RUN_YAML",
@@ -151,14 +159,16 @@ def run_coordinator(args: argparse.Namespace) -> int:
         raise UsageError("--dataset-public-address needs --dataset (the address the coordinator syncs from)")
     try:
         settings = CoordinatorSettings(
-            listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id or None, dataset=args.dataset,
+            listen=args.listen, db_path=args.db, config_path=args.config, run_id=args.run_id or None,
+            dataset=args.dataset,
             dataset_public_address=args.dataset_public_address,
             dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
             bootstrap_peers=tuple(args.bootstrap_peers), bootstrap_peers_url=args.bootstrap_peers_url,
             lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl, heartbeat_interval=args.heartbeat_interval,
             sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers,
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, ready_file=args.ready_file,
-            status_page=_status_page(args))
+            status_page=_status_page(args), tls_cert=args.tls_cert, tls_key=args.tls_key,
+            limits=Limits(peers_per_token=args.max_peers_per_token, leases_per_peer=args.max_leases_per_peer))
     except ValueError as e:  # ConfigError included: a bad --run-id
         raise UsageError(str(e)) from None
     try:

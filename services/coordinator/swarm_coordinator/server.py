@@ -134,7 +134,7 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
                                           publish=parts["peers"].set_bootstrap_peers)
             source.start()
             pieces.callback(source.stop)
-        address = bind(server, settings.listen)
+        address = bind(server, settings.listen, tls_cert=settings.tls_cert, tls_key=settings.tls_key)
 
         sync = None
         if settings.dataset:

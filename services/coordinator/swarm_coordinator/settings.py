@@ -42,6 +42,8 @@ class CoordinatorSettings:
     synchronous: str = "normal"  # SQLite synchronous mode: "full" also survives power loss (db.py)
     max_workers: int = 4  # threads answering RPCs; calls are short and share one lock
     limits: Limits = field(default_factory=Limits)  # what one join token may use (limits.py)
+    tls_cert: str | None = None  # PEM certificate and key: serve TLS (swarm.tls); None: plaintext
+    tls_key: str | None = None
     token_cache_ttl: float = 5.0  # seconds a join token check is cached (a revoked token stops within this)
     metrics_port: int | None = 9100  # None: no /metrics
     metrics_host: str = field(default_factory=default_metrics_host)  # loopback unless $SWARM_METRICS_HOST

@@ -82,6 +82,8 @@ def register(subparsers) -> None:
     serve.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint for s3:// storage")
     serve.add_argument("--coordinator", metavar="HOST:PORT",
                        help="check every caller's join token with this coordinator (without it the service is open)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the TLS certificate's private key")
     serve.add_argument("--streams-per-token", type=positive_int_arg, default=4,
                        help="concurrent StreamSamples calls one join token may have open (with --coordinator)")
     serve.add_argument("--metrics-port", type=port_arg, default=9101,
@@ -188,7 +190,7 @@ def _run_serve(args) -> int:
                      metrics_port=args.metrics_port, metrics_host=args.metrics_host, workers=args.workers,
                      read_ahead=args.read_ahead,
                      default_encoding=args.encoding, default_quality=args.quality, ready_file=args.ready_file,
-                     streams_per_token=args.streams_per_token,
+                     streams_per_token=args.streams_per_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
                      # the host's own tool token for originals (as_stored); from the environment, not argv (ps)
                      originals_token=os.environ.get("SWARM_DATASET_ORIGINALS_TOKEN") or None)
     except (FileNotFoundError, StorageError, ValueError, OSError) as e:

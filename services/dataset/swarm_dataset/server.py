@@ -248,7 +248,8 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
                  default_encoding: str = "jpeg",
                  default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
                  token_ttl_s: float = 5.0, streams_per_token: int = DEFAULT_STREAMS_PER_TOKEN,
-                 originals_token: str | None = None) -> DatasetServer:
+                 originals_token: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> DatasetServer:
     """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
     for name, value, low, high in (("workers", workers, 1, 256), ("read-ahead", read_ahead, 1, 1024)):
         if value is not None and not low <= value <= high:
@@ -284,7 +285,7 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
                                read_ahead=read_ahead or default_read_ahead(workers),
                                default_encoding=default_encoding, default_quality=default_quality, guard=guard)
     dataset_pb2_grpc.add_DatasetServicer_to_server(servicer, server)
-    address = rpc.bind(server, listen)
+    address = rpc.bind(server, listen, tls_cert=tls_cert, tls_key=tls_key)
     server.start()
     rpc.set_serving(health, SERVICE_NAME)
     INDEX_SAMPLES.set_function(index.count)
