@@ -38,6 +38,11 @@ class SwarmBackend(Protocol):
         """True when this peer takes no inbound connections (and so serves no state)."""
 
     @property
+    def schedule_step(self) -> int:
+        """Where the run's LR schedule is evaluated for the next step: the swarm epoch in sync mode, the inner step
+        (round * inner_steps + step) in DiLoCo mode. The same on every peer."""
+
+    @property
     def lr(self) -> float:
         """The LR the next step uses."""
 
@@ -79,9 +84,14 @@ class SwarmBackend(Protocol):
 
 
 def make_backend(*, config: RunConfig, dht, run_id: str, params: Sequence[torch.nn.Parameter], batch_size: int,
-                 options: SwarmOptions, optimizer_cls=None, trust=None) -> SwarmBackend:
+                 options: SwarmOptions, optimizer_cls=None, trust=None, fused_backward: bool = False) -> SwarmBackend:
     """The backend the run config asks for, built in the caller's (main) thread: hivemind's averagers fork."""
     # One mode so far; a new mode adds a run-config key (validated in swarm/runconfig.py) and a branch here.
+    if config.mode == "diloco":
+        from swarm_trainer.diloco.backend import make_diloco_backend
+
+        return make_diloco_backend(config=config, dht=dht, run_id=run_id, params=params, options=options,
+                                   optimizer_cls=optimizer_cls, fused_backward=fused_backward, trust=trust)
     optimizer = make_optimizer(dht=dht, run_id=run_id, params=params, config=config, batch_size=batch_size,
                                options=options, optimizer_cls=optimizer_cls, trust=trust)
     return HivemindOptimizerBackend(optimizer, dht=dht, run_id=run_id, params=params)

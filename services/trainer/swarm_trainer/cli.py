@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     mem.add_argument("--cache-latents", action="store_true",
                      help="keep VAE latents of trained samples in RAM: a chunk seen again skips the VAE encoder")
     mem.add_argument("--ema-offload", action="store_true", help="keep EMA weights (run config use_ema) in host RAM")
+    mem.add_argument("--fused-backward", action="store_true",
+                     help="run config mode diloco: step each parameter inside the backward pass and free its "
+                          "gradient at once (the model's gradients never all exist); not with --precision fp16")
+    mem.add_argument("--bf16-weights", action="store_true",
+                     help="run config mode diloco: hold the trained weights in bf16 (needs --precision bf16); the "
+                          "swarm's fp32 copy is DiLoCo's outer state")
     net = p.add_argument_group("swarm networking (hivemind)")
     net.add_argument("--host-maddrs", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
                      help="multiaddrs to listen on (default: %(default)s)")
@@ -59,8 +65,12 @@ def register(subparsers) -> None:
                      help="seconds to download the swarm state from a peer (default: %(default)s)")
     net.add_argument("--compression", choices=COMPRESSIONS, default="fp16",
                      help="gradient compression; parameter averaging uses fp16 unless none (default: %(default)s)")
-    net.add_argument("--average-state-every", type=positive_int_arg, default=1, metavar="N",
-                     help="average parameters with peers every N global epochs (default: %(default)s)")
+    net.add_argument("--average-state-every", type=positive_int_arg, default=10, metavar="N",
+                     help="sync mode: average parameters with peers every N global epochs; they are identical on "
+                          "peers that joined every gradient round, this repairs the others (default: %(default)s)")
+    net.add_argument("--delay-grad-averaging", action="store_true",
+                     help="sync mode: average gradients and step in the background during the next batch (one "
+                          "step of staleness; needs the offloaded optimizer)")
     net.add_argument("--no-offload-optimizer", dest="offload_optimizer", action="store_false",
                      help="keep the optimizer state on the device instead of host RAM")
     p.add_argument("--barrier-timeout", type=positive_float_arg, default=300.0,
@@ -117,6 +127,9 @@ def options_from_args(args):
     for maddr in [*args.host_maddrs, *args.announce_maddrs]:
         if not maddr.startswith("/"):
             raise UsageError(f"{maddr!r} is not a multiaddr; write it like /ip4/0.0.0.0/tcp/31337")
+    if args.delay_grad_averaging and not args.offload_optimizer:
+        raise UsageError("--delay-grad-averaging needs the offloaded optimizer (hivemind steps it in the background): "
+                         "drop --no-offload-optimizer")
     output_dir = Path(args.output_dir).expanduser().resolve()
     name = args.name or saved_peer_name(output_dir, socket.gethostname())
     identity = args.identity_path or str(output_dir / "identity.key")
@@ -126,13 +139,15 @@ def options_from_args(args):
         identity_path=identity, matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
         load_state_timeout=args.load_state_timeout, compression=args.compression,
         average_state_every=args.average_state_every, offload_optimizer=args.offload_optimizer,
+        delay_grad_averaging=args.delay_grad_averaging,
         verbose=args.verbose_hivemind)
     return TrainerOptions(
         coordinator=args.coordinator, token=token, output_dir=output_dir, name=name,
         batch_size=args.batch_size, device=args.device, precision=args.precision, swarm=swarm,
         features=PeerFeatures(gradient_checkpointing=args.gradient_checkpointing, xformers=args.xformers,
                               use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
-                              ema_offload=args.ema_offload),
+                              ema_offload=args.ema_offload, fused_backward=args.fused_backward,
+                              bf16_weights=args.bf16_weights),
         barrier_timeout=args.barrier_timeout, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         ready_file=args.ready_file,
         progress=args.progress, upload_checkpoints=args.upload_checkpoints, s3_endpoint_url=args.s3_endpoint_url,

@@ -6,6 +6,7 @@ and directly by tests and benchmarks that need no coordinator.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -62,8 +63,9 @@ class TrainStats:
 
     @property
     def last_loss(self) -> float:
+        """The latest step's loss; NaN before the first step (the coordinator stores that as "no loss yet")."""
         with self._lock:
-            return self.losses[-1] if self.losses else 0.0
+            return self.losses[-1] if self.losses else math.nan
 
     def loss_first(self) -> float | None:
         with self._lock:
@@ -96,6 +98,10 @@ class TrainEngine:
         self.attention = configure_attention(models, xformers=features.xformers)
         configure_gradient_checkpointing(models, enabled=features.gradient_checkpointing,
                                          train_text_encoder=config.train_text_encoder)
+        if features.bf16_weights:
+            from swarm_trainer.diloco.fused import cast_weights
+
+            cast_weights([models.unet] + ([models.text_encoder] if config.train_text_encoder else []), torch.bfloat16)
         self.params = trainable_parameters(models, train_text_encoder=config.train_text_encoder)
         self.unet_params = list(models.unet.parameters())
         self.ema = None
@@ -111,7 +117,10 @@ class TrainEngine:
         # The backend is created here, after the models are on their device, in the caller's (main) thread.
         self.backend = backend_factory(self.params)
         self.grad_scaler = None
-        if precision == "fp16":
+        if precision == "fp16" and config.mode == "diloco":
+            # DiLoCo's inner steps are local, plain torch steps: torch's scaler, stepped and updated every batch.
+            self.grad_scaler = torch.amp.GradScaler(device.type)
+        elif precision == "fp16":
             import hivemind
 
             # hivemind's scaler, never torch's: it unscales the accumulated buffers once per global step.
@@ -140,7 +149,7 @@ class TrainEngine:
     def scheduled_lr(self) -> float:
         """The LR of the next step: the run's schedule at the swarm's epoch, over the decay span the coordinator
         announced (heartbeats set lr_total_steps), else the config's own."""
-        return lr_for(self.config, epoch=self.backend.local_epoch,
+        return lr_for(self.config, epoch=self.backend.schedule_step,
                       total_steps=self.lr_total_steps or self.config.lr_total_steps)
 
     def train_batch(self, images: Sequence, captions: Sequence[str],

@@ -19,6 +19,8 @@ class PeerFeatures:
     use_8bit_adam: bool = False  # bitsandbytes AdamW8bit on CUDA; plain AdamW elsewhere
     cache_latents: bool = False
     ema_offload: bool = False  # keep EMA weights in host RAM
+    fused_backward: bool = False  # diloco: each parameter's optimizer step inside backward, its gradient freed at once
+    bf16_weights: bool = False  # diloco: the trained weights in bf16 (the fp32 copy is the outer state)
 
 
 def xformers_available() -> bool:

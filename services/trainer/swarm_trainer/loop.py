@@ -11,6 +11,7 @@ samples so it moves through epochs together with the busy peers (see TrainEngine
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -107,7 +108,7 @@ class PeerRun:
             response = self.client.heartbeat(
                 peer_id=self.peer_id, lease_ids=self.leases.ids(),
                 global_epoch=engine.local_epoch if engine else 0,
-                loss=engine.stats.last_loss if engine else 0.0,
+                loss=engine.stats.last_loss if engine else math.nan,  # NaN: no loss yet (not a loss of 0)
                 samples_per_s=engine.stats.samples_per_s if engine else 0.0, finished=self.finished)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:

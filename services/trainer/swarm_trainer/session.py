@@ -66,6 +66,10 @@ def join(run) -> None:
                 f"dataset at {run.dataset_address}")
     first_beat = run.heartbeat_once()  # also brings the LR decay span before the first step
 
+    from swarm_trainer.diloco.fused import check_memory_options
+
+    check_memory_options(fused_backward=options.features.fused_backward, bf16_weights=options.features.bf16_weights,
+                         precision=precision, mode=run.config.mode)
     models = build_models(run.config.model, seed=run.config.seed)
     # Before the optimizer exists: hivemind's offloaded optimizer copies the weights it starts from.
     resumed = resume(models, run.output_dir, text_encoder=run.config.train_text_encoder)
@@ -73,6 +77,7 @@ def join(run) -> None:
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
     backend_factory = partial(make_backend, dht=run.dht, run_id=run.run_id, config=run.config,
                               batch_size=options.batch_size, options=options.swarm, trust=trust,
+                              fused_backward=options.features.fused_backward,
                               optimizer_cls=optimizer_class(use_8bit_adam=options.features.use_8bit_adam,
                                                             device=device))
     run.engine = TrainEngine(models=models, backend_factory=lambda params: backend_factory(params=params),

@@ -45,7 +45,12 @@ class SwarmOptions:
     averaging_timeout: float = 120.0
     load_state_timeout: float = 600.0
     compression: str = "fp16"
-    average_state_every: int = 1
+    # Parameters are identical on every peer that joined every gradient round, so averaging them each epoch re-sent
+    # the whole model for nothing; every 10th still pulls a peer that stepped alone (a failed round) back in.
+    average_state_every: int = 10
+    # hivemind's delay_grad_averaging + delay_optimizer_step: average and step in the background during the next
+    # batch (one step of staleness); needs offload_optimizer.
+    delay_grad_averaging: bool = False
     offload_optimizer: bool = True
     verbose: bool = False  # hivemind's own progress lines (matchmaking, averaging) at INFO instead of DEBUG
     extra_initial_peers: Sequence[str] = field(default_factory=tuple)
@@ -146,6 +151,8 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
         load_state_timeout=options.load_state_timeout,
         average_state_every=options.average_state_every,
         offload_optimizer=options.offload_optimizer,
+        delay_grad_averaging=options.delay_grad_averaging,
+        delay_optimizer_step=options.delay_grad_averaging,
         # The model's .grad buffers are the accumulators: no second full-size copy of the gradients on the device,
         # and hivemind.GradScaler (fp16) unscales exactly the buffers that get averaged. The trainer therefore never
         # calls zero_grad(); hivemind zeroes the buffers after each global step.
@@ -175,6 +182,11 @@ class HivemindOptimizerBackend:
 
     @property
     def local_epoch(self) -> int:
+        return self.optimizer.local_epoch
+
+    @property
+    def schedule_step(self) -> int:
+        """The LR schedule counts global epochs in sync mode."""
         return self.optimizer.local_epoch
 
     @property
