@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         token = create_token(db_path, name="bench")
         proc = start_service("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--db", db_path,
                                              "--metrics-port", "0", "--lease-ttl", "600", "--peer-ttl", "600",
+                                             "--max-peers-per-token", str(max(1, args.peers)),
                                              *(["--grpc-workers", str(args.grpc_workers)] if args.grpc_workers
                                                else [])],
                              workdir=tmp, env={"SWARM_LOG_LEVEL": "WARNING"})
@@ -290,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             address = proc.wait_ready(timeout=60)["grpc_address"]
             ctx = mp.get_context("spawn")
             barrier, results = ctx.Barrier(args.clients + 1), ctx.Queue()
-            ids = [f"benchpeer{i:05d}" for i in range(args.peers)]
+            from swarm_coordinator.addresses import base58_encode
+
+            # Well-formed libp2p peer ids (identity multihashes): a multiaddr must end in /p2p/<its peer's id>.
+            ids = [base58_encode(bytes([0, 14]) + f"benchpeer{i:05d}".encode()) for i in range(args.peers)]
             clients = [ctx.Process(target=client_process, args=(
                 c, address, token, ids[c::args.clients], args.window, version, args.floor, args.duration, barrier,
                 results)) for c in range(args.clients)]
