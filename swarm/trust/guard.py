@@ -178,6 +178,13 @@ class AveragerGuard:
                 async for _ in runner:
                     raise ValueError("aux peers should not receive averaged tensors")
         finally:
+            for peer in runner.refused_answers():
+                # A garbage answer (non-finite, 10x too long, or against what we sent in a group of 3+) bans like a
+                # garbage part: otherwise the same peer would reduce a slice for us again next round.
+                self._count(peer, DROPPED)
+                self._ban(peer)
+                logger.warning(f"{self.prefix}: refused the averaged slice {peer} sent back (token "
+                               f"{self._trust_tokens.get(peer.to_base58(), '?')!r}); used this peer's own part")
             for peer, verdict in runner.verdicts_by_peer().items():
                 self._count(peer, verdict)
                 if verdict == DROPPED:

@@ -122,8 +122,12 @@ class CheckedTensorPartContainer(TensorPartContainer):
     def register_processed_part(self, peer_index: int, part_index: int, part: torch.Tensor):
         if self.return_deltas and part_index < len(self._input_parts_by_peer[peer_index]):
             sent = self._input_parts_by_peer[peer_index][part_index][0]
-            if peer_index in self.excluded_reducers or not reducer_result_ok(sent, part, rules=self.rules):
-                self.refused_reducers.add(peer_index)
+            excluded = peer_index in self.excluded_reducers
+            # With two peers there is no majority and the mean may point away from either part: direction says
+            # nothing then, only finiteness and size do.
+            if excluded or not reducer_result_ok(sent, part, rules=self.rules, check_direction=self.group_size > 2):
+                if not excluded:
+                    self.refused_reducers.add(peer_index)
                 part = torch.zeros_like(sent)
                 self.failed_size += part.numel()
         super().register_processed_part(peer_index, part_index, part)
@@ -149,11 +153,10 @@ class RobustAllReduceRunner(AllReduceRunner):
         container.excluded_reducers = {i for i, peer in enumerate(self.ordered_peer_ids) if peer in excluded}
 
     def verdicts_by_peer(self) -> dict[PeerID, str]:
-        """This peer's verdict on each sender whose parts it reduced, and "dropped" for each groupmate whose answer
-        for its slice was refused."""
-        verdicts = {peer: verdict for peer, verdict in zip(self.sender_peer_ids,
-                                                           self.tensor_part_reducer.verdicts.result())
-                    if verdict is not None}
-        for index in self.tensor_part_container.refused_reducers:
-            verdicts[self.ordered_peer_ids[index]] = DROPPED
-        return verdicts
+        """This peer's verdict on each sender whose parts it reduced."""
+        return {peer: verdict for peer, verdict in zip(self.sender_peer_ids, self.tensor_part_reducer.verdicts.result())
+                if verdict is not None}
+
+    def refused_answers(self) -> list[PeerID]:
+        """Groupmates whose answer for the slice they reduced was refused (our own part was used instead)."""
+        return [self.ordered_peer_ids[index] for index in sorted(self.tensor_part_container.refused_reducers)]

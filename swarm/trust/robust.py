@@ -39,7 +39,7 @@ class RobustRules:
     iterations: int = 3  # CenteredClip iterations (the paper converges in a few when tau is set from the data)
     weight_cap_multiple: float = 4.0  # a claim above this x the round's median claim is cut down to it
     outlier_multiple: float = 10.0  # a part this x farther from the median than the median distance is dropped
-    result_norm_multiple: float = 4.0  # a reducer's answer above this x the norm of what we sent it is refused
+    result_norm_multiple: float = 10.0  # a reducer's answer above this x the norm of what we sent it is refused
 
     def __post_init__(self):
         if not self.tau_multiple > 0:
@@ -179,7 +179,8 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, c
     return average.to(parts[kept[0]].dtype), verdicts
 
 
-def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRules) -> bool:
+def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRules,
+                      check_direction: bool = True) -> bool:
     """Whether a groupmate's answer for the slice it reduced can be used. hivemind returns `delta` = average - sent;
     the average must be finite, within `result_norm_multiple` x the norm of what we sent, and not point against it.
 
@@ -197,7 +198,7 @@ def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustR
         return True
     if float(result.norm()) > rules.result_norm_multiple * sent_norm + 1e-12:
         return False
-    return float((result * sent).sum()) >= 0.0
+    return not check_direction or float((result * sent).sum()) >= 0.0
 
 
 class RoundVerdicts:
