@@ -21,6 +21,12 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{6,})$")
 TMP_PREFIX = ".tmp-"  # a save in progress (or interrupted): never a checkpoint
 OLD_PREFIX = ".old-"  # a checkpoint being replaced by a new save of the same epoch
+# What a complete checkpoint holds: a pipeline's model_index.json, or a LoRA checkpoint's lora.json (lora_files.py).
+COMPLETE_MARKERS = ("model_index.json", "lora.json")
+
+
+def is_complete(folder: Path) -> bool:
+    return any((folder / marker).exists() for marker in COMPLETE_MARKERS)
 
 
 def checkpoint_dir(output_dir: str | Path, epoch: int) -> Path:
@@ -35,7 +41,7 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for path in root.iterdir():
         match = CHECKPOINT_PATTERN.match(path.name)
-        if match and path.is_dir() and (path / "model_index.json").exists():
+        if match and path.is_dir() and is_complete(path):
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -71,6 +77,10 @@ def save_pipeline(models, folder: str | Path, *, ema_unet=None) -> Path:
     """
     from diffusers import StableDiffusionPipeline
 
+    from swarm_trainer.lora_files import is_lora_models, save_lora_folder
+
+    if is_lora_models(models):  # a LoRA checkpoint holds the adapter only
+        return save_lora_folder(models, folder, ema_unet=ema_unet)
     pipeline = StableDiffusionPipeline(
         vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
         unet=ema_unet if ema_unet is not None else models.unet, scheduler=models.noise_scheduler,
@@ -91,7 +101,7 @@ def recover_interrupted(output_dir: str | Path) -> None:
         if not old.name.startswith(OLD_PREFIX):
             continue
         final = root / old.name[len(OLD_PREFIX):]
-        if (final / "model_index.json").exists():
+        if is_complete(final):
             shutil.rmtree(old, ignore_errors=True)
         else:
             shutil.rmtree(final, ignore_errors=True)
@@ -158,7 +168,11 @@ def load_weights(models, folder: str | Path, *, text_encoder: bool = False) -> d
 
     Returns the EMA UNet state when the checkpoint has one (unet/ next to unet_training/), else None.
     """
+    from swarm_trainer.lora_files import LORA_MARKER, load_lora_folder
+
     folder = Path(folder)
+    if (folder / LORA_MARKER).exists():
+        return load_lora_folder(models, folder)
     ema_state = None
     if (folder / TRAINING_UNET).is_dir():
         models.unet.load_state_dict(_folder_state(folder / TRAINING_UNET))

@@ -39,10 +39,13 @@ class ParameterEMA:
         for shadow, param in zip(self.shadow, params):
             param.copy_(shadow.to(param.device, param.dtype))
 
-    def averaged_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        """A CPU copy of `module` holding the EMA weights (for saving), leaving the trained module untouched."""
+    def averaged_module(self, module: torch.nn.Module, *, params_of=None) -> torch.nn.Module:
+        """A CPU copy of `module` holding the EMA weights (for saving), leaving the trained module untouched.
+
+        `params_of(module)` lists the parameters the EMA follows, in its order (default: all of them; a LoRA's
+        EMA follows only the adapter)."""
         clone = copy.deepcopy(module).to("cpu")
-        self.copy_to(list(clone.parameters()))
+        self.copy_to(params_of(clone) if params_of is not None else list(clone.parameters()))
         return clone
 
     def state_dict(self) -> dict:

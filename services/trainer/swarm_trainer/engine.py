@@ -22,7 +22,7 @@ from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
 from swarm_trainer import metrics
 from swarm_trainer.features import PeerFeatures, configure_attention, configure_gradient_checkpointing
-from swarm_trainer.model import SDModels, prepare_for_training, trainable_parameters
+from swarm_trainer.model import SDModels, prepare_for_training, trainable_parameters, trained_named_parameters
 from swarm_trainer.step import StepOptions, compute_loss, drop_captions, pil_to_pixels, tokenize
 
 logger = get_logger(__name__)
@@ -103,7 +103,8 @@ class TrainEngine:
 
             cast_weights([models.unet] + ([models.text_encoder] if config.train_text_encoder else []), torch.bfloat16)
         self.params = trainable_parameters(models, train_text_encoder=config.train_text_encoder)
-        self.unet_params = list(models.unet.parameters())
+        # What EMA follows: the UNet, or only its adapter with a LoRA (the frozen base never changes).
+        self.unet_params = [p for _, p in trained_named_parameters(models.unet)]
         self.ema = None
         if config.use_ema:
             from swarm_trainer.ema import ParameterEMA
@@ -232,7 +233,7 @@ class TrainEngine:
         """
         self.backend.resume(epoch)
         if self.ema is not None and ema_state is not None:
-            names = [name for name, _ in self.models.unet.named_parameters()]
+            names = [name for name, _ in trained_named_parameters(self.models.unet)]
             with torch.no_grad():
                 for shadow, name in zip(self.ema.shadow, names):
                     shadow.copy_(ema_state[name].to(shadow.device, shadow.dtype))
@@ -243,7 +244,10 @@ class TrainEngine:
 
     def ema_unet(self):
         """The UNet with EMA weights (a CPU copy) for checkpoints, or None without EMA."""
-        return self.ema.averaged_module(self.models.unet) if self.ema is not None else None
+        if self.ema is None:
+            return None
+        return self.ema.averaged_module(self.models.unet,
+                                        params_of=lambda unet: [p for _, p in trained_named_parameters(unet)])
 
     def behind_swarm(self) -> bool:
         """True when the swarm is already in a later epoch than this peer."""

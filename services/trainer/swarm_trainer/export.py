@@ -129,12 +129,26 @@ def _load_folder_state(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _count(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return len(list(f.keys()))
+
+
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, fp16_unet: bool = False, vae: bool = True,
                       text_encoder: bool = True) -> dict[str, int]:
     """Write OUT.safetensors; returns how many tensors each part contributed."""
     from safetensors.torch import save_file
 
     checkpoint, output = Path(checkpoint), Path(output)
+    if (checkpoint / "lora.json").exists():
+        # A LoRA checkpoint: OUT.safetensors is the kohya/A1111 LoRA file, OUT-diffusers/ diffusers' format.
+        from swarm_trainer.lora_files import export_lora
+
+        written = export_lora(checkpoint, output)
+        logger.info(f"wrote {written['kohya']} (kohya/A1111 LoRA) and {written['diffusers']} (diffusers LoRA)")
+        return {"lora (kohya; diffusers format in " + written["diffusers"].name + ")": _count(written["kohya"])}
     if not (checkpoint / "unet" / "config.json").exists():
         raise ConfigError(f"{checkpoint} is not a diffusers checkpoint folder (no unet/config.json); pass one of "
                           f"OUTPUT/checkpoints/epoch-NNNNNN")

@@ -150,17 +150,38 @@ def build_models(model: str, *, seed: int, prediction_type: str | None = None) -
     return load_pretrained(model, prediction_type=prediction_type)
 
 
+def trained_named_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """What trains in one model: its LoRA adapter when it has one (swarm_trainer.lora), else every parameter."""
+    from swarm_trainer.lora import has_lora, lora_named_parameters
+
+    return lora_named_parameters(module) if has_lora(module) else list(module.named_parameters())
+
+
 def trainable_parameters(models: SDModels, *, train_text_encoder: bool = False) -> list[torch.nn.Parameter]:
-    """The UNet (and, when asked, the text encoder); the VAE is always frozen, as in every SD fine-tuner."""
-    params = list(models.unet.parameters())
-    if train_text_encoder:
-        params += list(models.text_encoder.parameters())
+    """The UNet (and, when asked, the text encoder); the VAE is always frozen, as in every SD fine-tuner.
+
+    With a LoRA (run config `train: lora`) only the adapters: the UNet's, and the text encoder's when it has one.
+    """
+    from swarm_trainer.lora import has_lora
+
+    params = [p for _, p in trained_named_parameters(models.unet)]
+    if train_text_encoder or has_lora(models.text_encoder):
+        params += [p for _, p in trained_named_parameters(models.text_encoder)]
     return params
 
 
 def prepare_for_training(models: SDModels, *, device: torch.device, train_text_encoder: bool = False) -> None:
-    """Move to device in fp32 (master weights; autocast gives the low-precision compute) and set grad flags."""
+    """Move to device in fp32 (master weights; autocast gives the low-precision compute) and set grad flags.
+
+    A model with a LoRA adapter keeps its base frozen: only the adapter requires gradients.
+    """
+    from swarm_trainer.lora import has_lora
+
     models.vae.requires_grad_(False).eval().to(device)
-    models.text_encoder.requires_grad_(train_text_encoder).to(device)
-    models.text_encoder.train(train_text_encoder)
-    models.unet.requires_grad_(True).train().to(device)
+    text_lora = has_lora(models.text_encoder)
+    models.text_encoder.requires_grad_(train_text_encoder and not text_lora).to(device)
+    models.text_encoder.train(train_text_encoder or text_lora)
+    models.unet.requires_grad_(not has_lora(models.unet)).train().to(device)
+    for module in (models.unet, models.text_encoder):
+        for _, param in trained_named_parameters(module) if has_lora(module) else ():
+            param.requires_grad_(True)

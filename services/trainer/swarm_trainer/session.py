@@ -25,6 +25,7 @@ def join(run) -> None:
     from swarm_trainer.coordinator_client import CoordinatorClient
     from swarm_trainer.engine import TrainEngine
     from swarm_trainer.features import optimizer_class
+    from swarm_trainer.lora import maybe_add_lora
     from swarm_trainer.model import build_models
     from swarm_trainer.options import cuda_bf16_supported, default_precision, parse_config, resolve_device
     from swarm_trainer.swarm import make_dht
@@ -71,6 +72,7 @@ def join(run) -> None:
     check_memory_options(fused_backward=options.features.fused_backward, bf16_weights=options.features.bf16_weights,
                          precision=precision, mode=run.config.mode)
     models = build_models(run.config.model, seed=run.config.seed)
+    maybe_add_lora(models, run.config)  # train: lora: the adapter (identical on every peer) is what trains
     # Before the optimizer exists: hivemind's offloaded optimizer copies the weights it starts from.
     resumed = resume(models, run.output_dir, text_encoder=run.config.train_text_encoder)
     # Identical initial weights come from the seed; noise, timesteps and caption dropout must differ per peer.
