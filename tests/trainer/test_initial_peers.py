@@ -34,3 +34,20 @@ def coordinator_for_client(tmp_path):
     client = CoordinatorClient(server.address, token=token, timeout=5)
     yield client, "QmQJ3KMfh8TfJqZcRrZqrNvfLZYncAXotU4LCB4DrtYVpG"
     server.stop(grace=0.1)
+
+
+def test_tls_flags_pin_every_channel_of_the_trainer(monkeypatch):
+    from types import SimpleNamespace
+
+    from swarm import tls
+    from swarm.errors import UsageError
+    from swarm_trainer.cli import _use_tls
+
+    monkeypatch.delenv(tls.FINGERPRINT_ENV, raising=False)
+    monkeypatch.delenv(tls.CA_FILE_ENV, raising=False)
+    digest = "AB:" * 31 + "AB"
+    _use_tls(SimpleNamespace(tls_fingerprint=digest, tls_ca_file=None))
+    assert tls.ClientTls.from_env().fingerprint == "sha256:" + "ab" * 32
+    monkeypatch.delenv(tls.FINGERPRINT_ENV)
+    with pytest.raises(UsageError, match="not a sha256 fingerprint"):
+        _use_tls(SimpleNamespace(tls_fingerprint="md5:00", tls_ca_file=None))
