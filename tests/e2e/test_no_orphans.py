@@ -31,8 +31,21 @@ def sigkill_main_process_only(proc: ServiceProcess) -> tuple[list[psutil.Process
 
 
 def assert_all_gone(procs: list[psutil.Process], *, timeout: float = 5.0) -> None:
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    assert not alive, f"orphans left serving: {[(p.pid, p.name(), p.cmdline()[:3]) for p in alive]}"
+    """Every process in `procs` ends within `timeout` s; torch's shared-memory manager (torch starts it, not us, in a
+    session of its own; it serves no port) may take up to 30 s: it exits once its last client is gone."""
+    names = {p.pid: _name(p) for p in procs}
+    ours = [p for p in procs if names[p.pid] != "torch_shm_manager"]
+    _, alive = psutil.wait_procs(ours, timeout=timeout)
+    _, alive_too = psutil.wait_procs([p for p in procs if p not in ours], timeout=30)
+    left = [(p.pid, names[p.pid]) for p in alive + alive_too if p.is_running() and _name(p) != "zombie"]
+    assert not left, f"orphans left running: {left}"
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name() if proc.status() != psutil.STATUS_ZOMBIE else "zombie"
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 def test_sigkill_of_a_trainer_or_the_host_leaves_no_orphans_and_a_restart_works(tmp_path, processes):
@@ -57,9 +70,18 @@ def test_sigkill_of_a_trainer_or_the_host_leaves_no_orphans_and_a_restart_works(
     names = [os.path.basename(line[0]) for line in command_lines]
     assert "p2pd" in names and sum(n != "p2pd" and n != "torch_shm_manager" for n in names) >= 2, names
     assert_all_gone(children)
-    trainer = restart_service(trainer)
-    processes.append(trainer)
-    assert trainer.wait_ready(timeout=300)["peer_id"] == peer_id
+    # On a loaded machine hivemind's 3 s bootstrap ping can time out while the bootstrap node still holds its dead
+    # connection to this peer id; the trainer then exits 1 and a supervisor (compose: restart on-failure) starts it
+    # again. An orphan would fail differently: "identity ... is already taken".
+    for attempt in range(3):
+        trainer = restart_service(trainer)
+        processes.append(trainer)
+        try:
+            assert trainer.wait_ready(timeout=300)["peer_id"] == peer_id
+            break
+        except RuntimeError as e:
+            if "none of the initial_peers responded" not in str(e) or attempt == 2:
+                raise
     trainer.stop(timeout=60)
 
     # The host: coordinator, dataset service, bootstrap DHT (and the bootstrap's DHT process and p2pd).
@@ -72,6 +94,6 @@ def test_sigkill_of_a_trainer_or_the_host_leaves_no_orphans_and_a_restart_works(
     again = host.wait_ready(timeout=180)
     assert again["coordinator"] == info["coordinator"] and again["dataset"] == info["dataset"]
     assert again["bootstrap_maddrs"] == info["bootstrap_maddrs"]
-    progress = wait_until(lambda: coordinator_progress(again["coordinator"], token), timeout=30,
+    progress = wait_until(lambda: coordinator_progress(again["coordinator"], token), timeout=120,
                           what="the restarted coordinator to answer")
     assert progress.samples_total > 0
