@@ -38,6 +38,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "seed": 42,
     "opt_weight_decay": 1e-2,
 }
+# `swarm demo --lora`: the same run training a LoRA (issue 14); a LoRA learns with a larger LR than the full model.
+DEMO_LORA_CONFIG: dict[str, Any] = {"train": "lora", "lora_rank": 4, "lr": 1e-2}
 
 
 def coordinator_progress(address: str, token: str):
@@ -197,6 +199,9 @@ def register(subparsers) -> None:
     p.add_argument("--trainers", type=int, default=2, help="number of trainer processes (default: %(default)s)")
     p.add_argument("--data-epochs", type=int, default=DEMO_CONFIG["max_data_epochs"],
                    help="passes over the demo images (default: %(default)s)")
+    p.add_argument("--lora", action="store_true",
+                   help="train a LoRA adapter (run config train: lora) instead of the full model; the checkpoint "
+                        "is the adapter, and `swarm export` writes the kohya/A1111 and diffusers LoRA files")
     p.set_defaults(func=run)
 
 
@@ -208,11 +213,12 @@ def run(args: argparse.Namespace) -> int:
     if args.data_epochs < 1:
         raise UsageError(f"--data-epochs must be >= 1, got {args.data_epochs}")
     interrupt_on_sigterm()
-    summary = run_demo(args.workdir, trainers=args.trainers, config={"max_data_epochs": args.data_epochs})
+    config = {"max_data_epochs": args.data_epochs, **(DEMO_LORA_CONFIG if args.lora else {})}
+    summary = run_demo(args.workdir, trainers=args.trainers, config=config)
     print(f"\nDemo finished in {summary['wall_time_s']:.0f} s: {summary['peers']} peers trained "
           f"{summary['samples_trained']} samples over {summary['global_epochs']} global epochs; "
           f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}; samples/s per trainer "
           f"{', '.join(f'{s:.2f}' for s in summary['samples_per_s_per_trainer'])}.\n"
-          f"Checkpoint (diffusers folder): {summary['checkpoint']}\n"
+          f"Checkpoint ({'LoRA adapter' if args.lora else 'diffusers folder'}): {summary['checkpoint']}\n"
           f"Summary: {Path(args.workdir) / 'summary.json'}")
     return 0
