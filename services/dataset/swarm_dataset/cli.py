@@ -84,7 +84,7 @@ def register(subparsers) -> None:
                        help="check every caller's join token with this coordinator (without it the service is open)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (with --tls-key)")
     serve.add_argument("--tls-key", metavar="PEM", help="the TLS certificate's private key")
-    serve.add_argument("--streams-per-token", type=positive_int_arg, default=4,
+    serve.add_argument("--streams-per-token", type=positive_int_arg, default=8,
                        help="concurrent StreamSamples calls one join token may have open (with --coordinator)")
     serve.add_argument("--metrics-port", type=port_arg, default=9101,
                        help="Prometheus /metrics port (0: any free port)")

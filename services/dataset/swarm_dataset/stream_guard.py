@@ -20,7 +20,7 @@ import grpc
 
 from swarm.rpc import token_from_metadata
 
-DEFAULT_STREAMS_PER_TOKEN = 4
+DEFAULT_STREAMS_PER_TOKEN = 8  # a volunteer may run several GPUs on one token, each with a stream or two
 RECHECK_S = 1.0
 
 
