@@ -243,9 +243,9 @@ def test_serving_continues_while_an_ingest_writes(dataset_server, small_dataset,
     assert len(list(iter_chunk_messages(dataset_server.address, [36], timeout=30))) == 1
 
 
-@pytest.mark.parametrize("flags, words", [(["--workers", "0"], "workers must be between"),
+@pytest.mark.parametrize("flags, words", [(["--workers", "0"], "--workers: must be >= 1"),
                                           (["--quality", "101"], "quality must be between"),
-                                          (["--metrics-port", "70000"], "metrics port"),
+                                          (["--metrics-port", "70000"], "--metrics-port: must be a port"),
                                           (["--index", "/nonexistent/x.sqlite"], "swarm ingest")])
 def test_serve_refuses_bad_flags(small_dataset, capsys, flags, words):
     from swarm_launcher.cli import main as swarm_main

@@ -260,6 +260,10 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
     # Before the first ingest there is no index: serve an empty one (ingest fills the same file) instead of exiting,
     # so a container host does not crash-loop until someone ingests.
     fresh = not os.path.isfile(os.path.expanduser(index_path))
+    if fresh and not storage_url:
+        # Checked before Index() creates the file: a mistyped --index must not leave an empty index behind.
+        raise ValueError(f"no dataset index at {index_path}: run `swarm ingest FOLDER --index {index_path}` first, "
+                         f"or pass --storage URL to serve an empty index until an ingest fills it")
     index = Index(index_path)
     if fresh:
         logger.warning(f"no dataset index at {index_path} yet: serving an empty one until `swarm ingest` fills it")
