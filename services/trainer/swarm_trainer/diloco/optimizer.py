@@ -89,6 +89,7 @@ class DiLoCoOptimizer:
         self.inner_step = 0
         self.samples_in_round = 0
         self.rounds_averaged = 0  # rounds whose all-reduce included another peer
+        self.stepped_ever = False
         self.last_group_size = 0
         self.outer = flatten(self.params)
         self.numel = self.outer.numel()
@@ -138,6 +139,7 @@ class DiLoCoOptimizer:
             self.opt.zero_grad(set_to_none=True)
         self.inner_step += 1
         self.samples_in_round += batch_size
+        self.stepped_ever = True
         self.tracker.report_local_progress(self.local_epoch, self.inner_step)
         if self.inner_step >= self.settings.inner_steps:
             self.end_round()
@@ -216,13 +218,17 @@ class DiLoCoOptimizer:
         me = self.dht.peer_id.to_bytes()
         while True:
             progress = self.swarm_progress()
+            # A read counts once it shows this peer past the round (so the others can see that too); a failed or
+            # stale DHT read on a busy machine must not look like an empty swarm.
+            # (hivemind's tracker publishes nothing for a peer that never trained: then there is nothing to see.)
+            current = self.stepped_ever is False or any(p.peer == me and p.epoch > finished_round for p in progress)
             waiting = peers_still_in_round(progress, finished_round=finished_round, me=me)
-            if not waiting or time.monotonic() >= deadline:
+            if (current and not waiting) or time.monotonic() >= deadline:
                 break
             if self._stopping.wait(POLL_S):
                 return FAILED
         partners = [p for p in progress if p.peer != me and p.epoch > finished_round]
-        if not partners:
+        if current and not partners:
             logger.info(f"DiLoCo round {finished_round}: no other peer in this round; stepping alone")
             self.last_group_size = 1
             return ALONE
@@ -248,10 +254,14 @@ class DiLoCoOptimizer:
         return AVERAGED if self.last_group_size > 1 else ALONE
 
     def swarm_progress(self) -> list[PeerProgress]:
-        """Every live peer's round, from the progress tracker's DHT record."""
+        """Every live peer's round, from the progress tracker's DHT record (empty when it could not be read)."""
         from hivemind.utils import ValueWithExpiration
 
-        found = self.dht.get(self.tracker.training_progress_key, latest=True)
+        try:
+            found = self.dht.get(self.tracker.training_progress_key, latest=True)
+        except Exception as e:  # noqa: BLE001 - a failed read is retried by the caller
+            logger.debug(f"reading the swarm's progress failed: {e!r}")
+            return []
         entries = []
         if found is not None and isinstance(found.value, dict):
             for item in found.value.values():
