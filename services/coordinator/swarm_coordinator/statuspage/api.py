@@ -64,7 +64,7 @@ class StatusSnapshot:
     peers_online: int
     peers_training: int
     join: JoinInfo
-    mode: str | None = None  # training mode (e.g. DiLoCo): the coordinator does not know it yet
+    mode: str | None = None  # the run config's averaging mode (sync | diloco), plus LoRA; None before a config
     peers: Sequence[PeerRow] = ()
     history: Sequence[Point] = ()
     services: Sequence[ServiceHealth] = ()
@@ -137,7 +137,7 @@ def build_status(s: StatusSnapshot) -> dict[str, Any]:
     history = downsample(s.history, now=s.now)  # bounded whatever the caller kept
     unknown = dict(s.extra_unknown)
     if s.mode is None:
-        unknown["mode"] = "the coordinator does not know the training mode yet"
+        unknown["mode"] = "no run config is stored yet"
     if s.sample_grid_url is None:
         unknown["sample_grid"] = "no trainer has uploaded a sample grid to the host"
     if s.checkpoint is None:

@@ -38,6 +38,12 @@ def peer_rows(progress: ProgressSnapshot) -> list[PeerRow]:
             for p in progress.peers]
 
 
+def run_mode(config) -> str:
+    """What the page calls the run's training mode: the averaging mode, plus LoRA when only an adapter trains."""
+    mode = getattr(config, "mode", "sync")
+    return f"{mode}, LoRA" if getattr(config, "train", "full") == "lora" else mode
+
+
 def history_point(progress: ProgressSnapshot, *, now: float) -> Point:
     rows = peer_rows(progress)
     return Point(t=now, samples_done=progress.samples_done, global_epoch=progress.swarm_epoch,
@@ -46,9 +52,9 @@ def history_point(progress: ProgressSnapshot, *, now: float) -> Point:
 
 def status_snapshot(progress: ProgressSnapshot, *, now: float, run_name: str, model: str, started: float | None,
                     join: JoinInfo, history: Sequence[Point] = (), services: Sequence[ServiceHealth] = (),
-                    bootstrap_addresses: Sequence[str] = ()) -> StatusSnapshot:
+                    bootstrap_addresses: Sequence[str] = (), mode: str | None = None) -> StatusSnapshot:
     return StatusSnapshot(
-        now=now, run_name=run_name, model=model, config_version=progress.config_version, started=started,
+        now=now, run_name=run_name, model=model, mode=mode, config_version=progress.config_version, started=started,
         samples_done=progress.samples_done, samples_total=progress.samples_total,
         data_epochs_done=progress.data_epochs_done, max_data_epochs=progress.max_data_epochs,
         run_complete=progress.run_complete, global_epoch=progress.swarm_epoch, lr=progress.lr,
@@ -108,8 +114,8 @@ class LiveStatus:
         return status_snapshot(
             self.store.progress(), now=self.clock(), run_name=current.run_id if current else "",
             model=current.config.model if current else "", started=first.created if first else None,
-            join=self.join, history=self.store.history.points(), services=self._services(),
-            bootstrap_addresses=self._bootstrap())
+            mode=run_mode(current.config) if current else None, join=self.join,
+            history=self.store.history.points(), services=self._services(), bootstrap_addresses=self._bootstrap())
 
     def document(self) -> dict:
         return build_status(self.snapshot())
