@@ -88,29 +88,38 @@ class AdmissionCache:
         entry = self._entries.get(peer_id)
         if entry is not None and entry[1] > now:
             return entry[0]
-        credential = await self._lookup(dht, peer_id)
-        valid_until = credential.expires_at if credential else now + self.settings.refusal_cache_s
-        self._entries[peer_id] = (credential, valid_until)
+        await self.refresh(dht)
+        entry = self._entries.get(peer_id)
+        if entry is not None and entry[1] > time.time():
+            return entry[0]
+        logger.info(f"peer {peer_id} holds no valid credential in the DHT: refused")
+        self._entries[peer_id] = (None, time.time() + self.settings.refusal_cache_s)
         if len(self._entries) > 10_000:  # outsiders with fresh ids must not grow this forever
             self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
-        return credential
+        return None
 
-    async def _lookup(self, dht: Any, peer_id: str) -> Credential | None:
+    async def refresh(self, dht: Any) -> int:
+        """Fetch every published credential in one DHT lookup and cache the valid ones; returns how many.
+
+        One lookup serves the whole group: RPC handlers then answer from the cache, so a slow DHT (a loaded machine)
+        does not turn into refused joins. The guard also calls this periodically in the background."""
         import asyncio
 
         try:
             found = await asyncio.wait_for(dht.get(self.settings.credentials_key, latest=True, return_future=True),
                                            timeout=self.settings.lookup_timeout_s)
         except Exception as e:  # noqa: BLE001 - a failed lookup is a refusal, retried after refusal_cache_s
-            logger.warning(f"credential lookup for {peer_id} failed: {e!r}")
-            return None
+            logger.warning(f"credential lookup failed: {e!r}")
+            return 0
         entries = getattr(found, "value", None)
-        if not isinstance(entries, dict) or peer_id not in entries:
-            logger.info(f"peer {peer_id} has published no credential: refused")
-            return None
-        try:
-            return verify_credential(getattr(entries[peer_id], "value", b""), self.settings.coordinator_public_key,
-                                     peer_id=peer_id)
-        except CredentialError as e:
-            logger.info(f"peer {peer_id} refused: {e}")
-            return None
+        valid = 0
+        for peer_id, item in (entries.items() if isinstance(entries, dict) else ()):
+            try:
+                credential = verify_credential(getattr(item, "value", b""), self.settings.coordinator_public_key,
+                                               peer_id=str(peer_id))
+            except CredentialError as e:
+                logger.debug(f"peer {peer_id}: {e}")
+                continue
+            self._entries[str(peer_id)] = (credential, credential.expires_at)
+            valid += 1
+        return valid

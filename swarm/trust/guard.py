@@ -28,6 +28,7 @@ plain peers stay wire-compatible (an outsider running plain hivemind reaches our
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -51,7 +52,7 @@ from hivemind.utils.streaming import combine_from_streaming
 from swarm.logs import get_logger
 from swarm.trust.admission import AdmissionCache, TrustSettings
 from swarm.trust.reducer import RobustAllReduceRunner
-from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED
+from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER
 
 logger = get_logger(__name__)
 REFUSED = "refused"
@@ -110,10 +111,21 @@ class AveragerGuard:
             return True
         if not allow_banned and self._is_banned(peer):
             return False
+        if not self.__dict__.get("_credential_refresher"):
+            # Started lazily, in the averager's own event loop (the process hivemind forks has no hook at start).
+            self._credential_refresher = asyncio.create_task(self._refresh_credentials_periodically())
         credential = await self._admission.credential_of(self.dht, peer.to_base58())
         if credential is not None:
             self._trust_tokens[peer.to_base58()] = credential.token_name
         return credential is not None
+
+    async def _refresh_credentials_periodically(self, period: float = 20.0):
+        while True:
+            try:
+                await self._admission.refresh(self.dht)
+            except Exception as e:  # noqa: BLE001 - the next pass tries again
+                logger.warning(f"credential refresh failed: {e!r}")
+            await asyncio.sleep(period)
 
     # --- RPCs served to other peers ---
 
@@ -186,9 +198,10 @@ class AveragerGuard:
                 logger.warning(f"{self.prefix}: refused the averaged slice {peer} sent back (token "
                                f"{self._trust_tokens.get(peer.to_base58(), '?')!r}); used this peer's own part")
             for peer, verdict in runner.verdicts_by_peer().items():
-                self._count(peer, verdict)
                 if verdict == DROPPED:
                     self._ban(peer)
+                verdict = DROPPED if verdict == OUTLIER else verdict
+                self._count(peer, verdict)
                 if verdict != ACCEPTED:  # clipping happens to honest peers too: only a drop is worth a warning
                     logger.log(logging.WARNING if verdict == DROPPED else logging.INFO,
                                f"{self.prefix}: {verdict} the contribution of {peer} "

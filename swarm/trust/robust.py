@@ -28,8 +28,11 @@ from typing import Sequence
 import torch
 
 ACCEPTED, CLIPPED, DROPPED = "accepted", "clipped", "dropped"
+# A far outlier is dropped too (and counted as dropped), but its sender is not banned for it: an honest peer with a
+# tiny batch can be far from the others; a non-finite part or a garbage answer cannot be honest.
+OUTLIER = "outlier"
 VERDICTS = (ACCEPTED, CLIPPED, DROPPED)
-_SEVERITY = {ACCEPTED: 0, CLIPPED: 1, DROPPED: 2}
+_SEVERITY = {ACCEPTED: 0, CLIPPED: 1, OUTLIER: 2, DROPPED: 3}
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class RobustRules:
     tau_multiple: float = 2.0  # CenteredClip radius = this x the median distance of inputs from the median
     iterations: int = 3  # CenteredClip iterations (the paper converges in a few when tau is set from the data)
     weight_cap_multiple: float = 4.0  # a claim above this x the round's median claim is cut down to it
-    outlier_multiple: float = 10.0  # a part this x farther from the median than the median distance is dropped
+    outlier_multiple: float = 5.0  # a part this x farther from the median than the median distance is dropped
     result_norm_multiple: float = 10.0  # a reducer's answer above this x the norm of what we sent it is refused
 
     def __post_init__(self):
@@ -166,7 +169,7 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, c
         if any(outliers):
             for i, outlier in zip(list(kept), outliers):
                 if outlier:
-                    verdicts[i] = DROPPED
+                    verdicts[i] = OUTLIER
             inliers = [j for j, outlier in enumerate(outliers) if not outlier]
             kept = [kept[j] for j in inliers]
             stacked, distances = stacked[inliers], distances[inliers][:, inliers]
