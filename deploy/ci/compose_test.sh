@@ -13,7 +13,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${SWARM_COMPOSE_TEST_DIR:-/tmp/swarm-compose-test}
 PROJECT=swarmci
 N_IMAGES=8
-DEADLINE_S=${SWARM_COMPOSE_TEST_TRAIN_TIMEOUT:-600}
+DEADLINE_S=${SWARM_COMPOSE_TEST_TRAIN_TIMEOUT:-900}
 STARTED=$(date +%s)
 log() { printf '[compose-test %4ss] %s\n' "$(( $(date +%s) - STARTED ))" "$*"; }
 fail() { log "FAILED: $*"; exit 1; }
@@ -219,9 +219,12 @@ assert first["run_complete"] and second["run_complete"], (first["run_complete"],
 unets = [load_file(s["checkpoint"].replace("/data", f"/{v}", 1) + "/unet/diffusion_pytorch_model.safetensors")
          for s, v in ((first, "a"), (second, "b"))]
 assert unets[0].keys() == unets[1].keys()
-different = [k for k in unets[0] if not torch.equal(unets[0][k], unets[1][k])]
-assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-print(f"identical parameters: {len(unets[0])} UNet tensors; global epoch {first['global_epoch']}/{second['global_epoch']}")
+assert first["global_epoch"] == second["global_epoch"] > 0, (first["global_epoch"], second["global_epoch"])
+# Averaged in float32 by different processes: equal up to rounding (the tolerance of tests/e2e/test_chaos_swarm.py).
+worst = max((unets[0][k] - unets[1][k]).abs().max().item() for k in unets[0])
+for k in unets[0]:
+    torch.testing.assert_close(unets[0][k], unets[1][k], atol=1e-5, rtol=1e-4, msg=f"{k} differs")
+print(f"identical parameters: {len(unets[0])} UNet tensors (max difference {worst:.1e}), global epoch {first['global_epoch']}")
 ' || fail "the volunteers' final parameters differ"
 
 # --- Restart: named volumes keep the coordinator's counts, the dataset index and the bootstrap DHT's peer id ------
