@@ -79,6 +79,11 @@ class CoordinatorStub:
                 request_serializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialResponse.FromString,
                 _registered_method=True)
+        self.AuthorizeSamples = channel.unary_unary(
+                '/swarm.v1.Coordinator/AuthorizeSamples',
+                request_serializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -148,6 +153,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizeSamples(self, request, context):
+        """May the caller's join token (in the metadata) stream these samples? Yes iff each id is in an active, unexpired
+        lease held by a live peer registered with that token (the coordinator's own dataset token may stream any). The
+        dataset service asks once per StreamSamples call, with the streaming client's token; a caller learns only about
+        its own leases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +210,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetCredential,
                     request_deserializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_coordinator__pb2.GetCredentialResponse.SerializeToString,
+            ),
+            'AuthorizeSamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizeSamples,
+                    request_deserializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +460,33 @@ class Coordinator:
             '/swarm.v1.Coordinator/GetCredential',
             swarm_dot_v1_dot_coordinator__pb2.GetCredentialRequest.SerializeToString,
             swarm_dot_v1_dot_coordinator__pb2.GetCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizeSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Coordinator/AuthorizeSamples',
+            swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesRequest.SerializeToString,
+            swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,

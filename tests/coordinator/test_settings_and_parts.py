@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from swarm.v1 import coordinator_pb2 as pb
-from swarm_coordinator.servicers import ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, compose
+from swarm_coordinator.servicers import ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, SampleAccessRpcs, compose
 from swarm_coordinator.settings import CoordinatorSettings
 from swarm_coordinator.upkeep import Upkeep
 
@@ -38,12 +38,13 @@ def test_compose_answers_every_rpc_with_exactly_one_part(open_store, db_path, tm
 
     store = open_store()
     admission = AdmissionRpcs(db_path=db_path, signing_key_path=str(tmp_path / "signing.key"), run_id="test-run")
-    parts = [PeerRpcs(store), ConfigRpcs(store), LeaseRpcs(store), ProgressRpcs(store), admission]
+    parts = [PeerRpcs(store), ConfigRpcs(store), LeaseRpcs(store), ProgressRpcs(store), admission,
+             SampleAccessRpcs(store)]
     servicer = compose(parts)
     for method in pb.DESCRIPTOR.services_by_name["Coordinator"].methods:
         assert getattr(servicer, method.name).__self__ in parts
     with pytest.raises(ValueError, match="RPC GetProgress must be answered by exactly one servicer part, got no part"):
-        compose([*parts[:3], admission])
+        compose([*parts[:3], admission, parts[5]])
     with pytest.raises(ValueError, match="RPC GetConfig .* got ConfigRpcs, ConfigRpcs"):
         compose([*parts, ConfigRpcs(store)])
 

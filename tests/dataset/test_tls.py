@@ -25,7 +25,7 @@ def test_dataset_service_over_tls_with_a_tls_coordinator(small_dataset, tmp_path
     coordinator = start(CoordinatorSettings(listen="127.0.0.1:0", db_path=db_path, metrics_port=None,
                                             tls_cert=cert_path, tls_key=key_path))
     dataset = start_server(index_path=small_dataset["index_path"], listen="127.0.0.1:0", metrics_port=None,
-                           coordinator=coordinator.address, tls_cert=cert_path, tls_key=key_path)
+                           coordinator=coordinator.address, tls_cert=cert_path, tls_key=key_path, lease_check=False)
     try:
         assert [s[2] for s in iter_chunk_samples(dataset.address, [1], token=token, timeout=10)] == [1]
         with pytest.raises(grpc.RpcError) as info:

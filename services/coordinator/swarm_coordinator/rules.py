@@ -274,3 +274,28 @@ def check_heartbeat_numbers(*, global_epoch: int, loss: float, samples_per_s: fl
     if not math.isfinite(samples_per_s) or samples_per_s < 0:
         raise InvalidRequest(f"samples_per_s must be a finite number >= 0, got {samples_per_s}")
     return loss if math.isfinite(loss) else None
+
+
+MAX_SAMPLE_IDS_PER_AUTHORIZE = 10_000  # the dataset service's own cap on ids per StreamSamples call
+
+
+def check_sample_ids(sample_ids: Sequence[int]) -> list[int]:
+    if not sample_ids:
+        raise InvalidRequest("sample_ids is empty: name the samples to authorize")
+    if len(sample_ids) > MAX_SAMPLE_IDS_PER_AUTHORIZE:
+        raise InvalidRequest(f"{len(sample_ids)} sample ids; at most {MAX_SAMPLE_IDS_PER_AUTHORIZE} per call")
+    return list(sample_ids)
+
+
+def unleased_samples(sample_ids: Iterable[int], leased: Iterable[Iterable[int]]) -> list[int]:
+    """Of `sample_ids`, those in none of the `leased` chunks (each an active lease's sample ids), in order asked:
+    a token may stream only what its live peers hold active leases on (issue 13 item 3)."""
+    covered = {sample_id for chunk in leased for sample_id in chunk}
+    return [sample_id for sample_id in sample_ids if sample_id not in covered]
+
+
+def describe_unleased(unleased: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in unleased[:10])
+    more = f" and {len(unleased) - 10} more" if len(unleased) > 10 else ""
+    return (f"sample(s) {shown}{more} are not leased to this join token: stream only the sample_ids of an active "
+            f"lease that one of your peers holds (LeaseChunks), before it is reported or released")

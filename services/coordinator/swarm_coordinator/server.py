@@ -26,12 +26,20 @@ from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics
 from swarm_coordinator.admission import AdmissionRpcs, ContributionBook, RevocationWatch, random_run_id
 from swarm_coordinator.bootstrap_source import BootstrapPeersSource
-from swarm_coordinator.servicers import SERVICE_NAME, ConfigRpcs, LeaseRpcs, PeerRpcs, ProgressRpcs, compose
+from swarm_coordinator.servicers import (
+    SERVICE_NAME,
+    ConfigRpcs,
+    LeaseRpcs,
+    PeerRpcs,
+    ProgressRpcs,
+    SampleAccessRpcs,
+    compose,
+)
 from swarm_coordinator.settings import CoordinatorSettings
 from swarm_coordinator.statuspage.live import LiveStatus, host_services
 from swarm_coordinator.store import Store
 from swarm_coordinator.sync import DatasetSync
-from swarm_coordinator.tokens import TokenChecker, create_token
+from swarm_coordinator.tokens import TokenChecker, create_token, hash_token
 from swarm_coordinator.upkeep import Upkeep
 
 logger = get_logger(__name__)
@@ -59,8 +67,8 @@ class Coordinator:
         logger.info("coordinator stopped")
 
 
-def servicer_parts(store: Store, settings: CoordinatorSettings, *,
-                   contributions: ContributionBook | None = None) -> dict[str, object]:
+def servicer_parts(store: Store, settings: CoordinatorSettings, *, contributions: ContributionBook | None = None,
+                   dataset_token: str | None = None) -> dict[str, object]:
     """The servicer parts answering swarm.v1.Coordinator (servicers.compose checks every RPC has one)."""
     admission = AdmissionRpcs(db_path=settings.db_path, signing_key_path=settings.signing_key_file,
                               run_id=settings.run_id, lifetime_s=settings.credential_lifetime,
@@ -69,7 +77,9 @@ def servicer_parts(store: Store, settings: CoordinatorSettings, *,
                               dataset_address=settings.dataset_public_address or settings.dataset or "",
                               heartbeat_interval=settings.heartbeat_interval),
             "config": ConfigRpcs(store), "leases": LeaseRpcs(store, contributions=contributions),
-            "progress": ProgressRpcs(store, contributions=contributions), "admission": admission}
+            "progress": ProgressRpcs(store, contributions=contributions), "admission": admission,
+            "samples": SampleAccessRpcs(store, full_access_token_hashes=[hash_token(dataset_token)] if dataset_token
+                                        else [])}
 
 
 def _token_check(settings: CoordinatorSettings, pieces: contextlib.ExitStack) -> Callable[[str], str | None]:
@@ -125,7 +135,7 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         pieces.callback(lambda: server.stop(0))
         contributions = ContributionBook()
         pieces.callback(metrics.register_collector(contributions))
-        parts = servicer_parts(store, settings, contributions=contributions)
+        parts = servicer_parts(store, settings, contributions=contributions, dataset_token=dataset_token)
         pieces.callback(parts["admission"].close)
         pb_grpc.add_CoordinatorServicer_to_server(compose(parts.values()), server)
         source = None

@@ -161,6 +161,25 @@ class ProgressRpcs:
             contributions=self.contributions.messages() if self.contributions is not None else [])
 
 
+class SampleAccessRpcs:
+    """AuthorizeSamples: may the caller's token stream these samples (the dataset service asks per stream)?"""
+
+    def __init__(self, store: Store, *, full_access_token_hashes: Iterable[str] = ()):
+        # The coordinator's own dataset token (its sync) may read any sample; it holds no leases.
+        self.store, self.full_access = store, frozenset(full_access_token_hashes)
+
+    @rpc_handler("AuthorizeSamples")
+    def AuthorizeSamples(self, request, context):  # noqa: N802 (the RPC's name in the proto)
+        sample_ids = rules.check_sample_ids(request.sample_ids)
+        who = caller(context)
+        if who is not None and who in self.full_access:
+            return pb.AuthorizeSamplesResponse(allowed=True)
+        unleased = self.store.unleased_samples(sample_ids, caller=who)
+        if unleased:
+            return pb.AuthorizeSamplesResponse(allowed=False, reason=rules.describe_unleased(unleased))
+        return pb.AuthorizeSamplesResponse(allowed=True)
+
+
 def compose(parts: Iterable[object]) -> pb_grpc.CoordinatorServicer:
     """One servicer answering each RPC of swarm.v1.Coordinator with the part that defines it. ValueError when an RPC
     has no part or two parts define it (say which), so a half-wired server never starts."""

@@ -3,6 +3,9 @@
 An unknown token is validated by calling the coordinator's GetConfig with it; the answer is cached (~60 s for a good
 token, a few seconds for a rejected one) so a streaming swarm costs the coordinator one call per peer per minute.
 An unreachable coordinator is never cached: the next call asks again.
+
+`samples_leased(token, ids)` asks the coordinator's AuthorizeSamples whether the token's live peers hold active leases
+on every id (issue 13 item 3), once per stream and never cached: a released or reported lease ends access at once.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import grpc
 from swarm import rpc
 from swarm.logs import get_logger
 from swarm.v1 import coordinator_pb2, coordinator_pb2_grpc
+from swarm_dataset.stream_guard import StreamRefused
 
 logger = get_logger(__name__)
 
@@ -69,3 +73,21 @@ class CoordinatorTokenCheck:
                            f"{e.code().name} {e.details()}")
             return (f"the join token could not be checked: the coordinator at {self.coordinator_address} answered "
                     f"{e.code().name}; try again shortly"), 0.0
+
+    def samples_leased(self, token: str | None, ids) -> None:
+        """Return when the coordinator says `token` holds active leases on all `ids`; else raise StreamRefused
+        (PERMISSION_DENIED naming the samples, or UNAVAILABLE when the coordinator cannot answer: retry)."""
+        try:
+            answer = self._stub.AuthorizeSamples(coordinator_pb2.AuthorizeSamplesRequest(sample_ids=list(ids)),
+                                                 metadata=rpc.token_metadata(token or ""), timeout=self.timeout_s)
+        except grpc.RpcError as e:
+            if e.code() in REJECTED_CODES:
+                raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "token_rejected",
+                                    f"the coordinator rejected this join token: {e.details()}") from None
+            logger.warning(f"could not check leases with the coordinator at {self.coordinator_address}: "
+                           f"{e.code().name} {e.details()}")
+            raise StreamRefused(grpc.StatusCode.UNAVAILABLE, "lease_check_failed",
+                                f"could not check this stream's leases: the coordinator at {self.coordinator_address} "
+                                f"answered {e.code().name}; try again shortly") from None
+        if not answer.allowed:
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, "not_leased", answer.reason)

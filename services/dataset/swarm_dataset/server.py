@@ -249,8 +249,10 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
                  default_quality: int = imaging.DEFAULT_QUALITY, grpc_threads: int = 32,
                  token_ttl_s: float = 5.0, streams_per_token: int = DEFAULT_STREAMS_PER_TOKEN,
                  originals_token: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None) -> DatasetServer:
-    """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics."""
+                 tls_key: str | None = None, lease_check: bool = True) -> DatasetServer:
+    """Open the index and storage, start serving; returns at once. `metrics_port=None` serves no /metrics.
+    With `coordinator`, a token streams only samples its peers hold active leases on, unless `lease_check=False`
+    (tests of the other token rules)."""
     for name, value, low, high in (("workers", workers, 1, 256), ("read-ahead", read_ahead, 1, 1024)):
         if value is not None and not low <= value <= high:
             raise ValueError(f"{name} must be between {low} and {high}, got {value}")
@@ -281,7 +283,8 @@ def start_server(*, index_path: str, listen: str = "0.0.0.0:50052", storage_url:
         token_check = CoordinatorTokenCheck(coordinator, ttl_s=token_ttl_s)
         interceptors.append(rpc.TokenAuthInterceptor(token_check))
         guard = StreamGuard(token_check=token_check, max_streams_per_token=streams_per_token,
-                            originals_token=originals_token)
+                            originals_token=originals_token,
+                            lease_check=token_check.samples_leased if lease_check else None)
     else:
         logger.warning("no --coordinator given: the dataset service is open to anyone who can reach it")
     server, health = rpc.make_server(max_workers=grpc_threads, interceptors=interceptors)

@@ -3,8 +3,10 @@
 With token checks on (`--coordinator`), a StreamSamples call is refused when its token already has
 `max_streams_per_token` streams open (RESOURCE_EXHAUSTED: four streams that never read used to hold a small
 service's every worker), when it names a sample twice, or when it asks for originals (`as_stored`) without the
-host's originals token. An open stream re-checks its token every `recheck_s` seconds (the check is cached a few
-seconds), so a revoked token's stream ends within seconds instead of running on.
+host's originals token. With `lease_check` (the coordinator's AuthorizeSamples, on by default with `--coordinator`),
+a stream is refused PERMISSION_DENIED unless its token's live peers hold active leases on every id asked (the
+originals token may read any sample). An open stream re-checks its token every `recheck_s` seconds (the check is
+cached a few seconds), so a revoked token's stream ends within seconds instead of running on.
 Without token checks the service is open (a developer's loopback service) and none of this applies.
 """
 from __future__ import annotations
@@ -54,11 +56,13 @@ class StreamGuard:
 
     def __init__(self, *, token_check: Callable[[str | None], str | None],
                  max_streams_per_token: int = DEFAULT_STREAMS_PER_TOKEN, originals_token: str | None = None,
-                 recheck_s: float = RECHECK_S):
+                 recheck_s: float = RECHECK_S,
+                 lease_check: Callable[[str | None, Sequence[int]], None] | None = None):
         if max_streams_per_token < 1:
             raise ValueError(f"streams per token must be >= 1, got {max_streams_per_token}")
         self.token_check, self.limit = token_check, max_streams_per_token
         self.originals_token, self.recheck_s = originals_token, recheck_s
+        self.lease_check = lease_check  # (token, ids) -> None, or raises StreamRefused; None: any sample (tests)
         self._open: dict[str, int] = {}  # sha256(token) -> open streams
         self._lock = threading.Lock()
 
@@ -71,6 +75,8 @@ class StreamGuard:
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, "originals_refused",
                                 "as_stored (the original files) is only for the host's originals token: ask for "
                                 "resized samples instead")
+        if self.lease_check is not None and not may_stream_originals(token, originals_token=self.originals_token):
+            self.lease_check(token, ids)  # one coordinator call per stream, before a slot is taken
         key = hashlib.sha256((token or "").encode()).hexdigest()
         with self._lock:
             check_stream_slots(self._open.get(key, 0), limit=self.limit)

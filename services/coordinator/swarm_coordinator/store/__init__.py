@@ -41,7 +41,7 @@ from swarm_coordinator.errors import UnknownConfigVersion as UnknownConfigVersio
 from swarm_coordinator.limits import Limits, ReportPace
 from swarm_coordinator.peers import PeerRecord
 from swarm_coordinator.progress import ProgressSnapshot, current_lr, lr_total_steps, planned_epochs
-from swarm_coordinator.rules import Outcome, SwarmEpochs
+from swarm_coordinator.rules import Outcome, SwarmEpochs, lease_expired, unleased_samples
 from swarm_coordinator.store.config_versions import ConfigVersions
 from swarm_coordinator.store.connection import StoreConnection
 from swarm_coordinator.store.intake import ChunkIntake
@@ -191,6 +191,16 @@ class Store:
                 with self.connection.write() as tx:
                     self.leases.release(tx, mine, now=self.clock())
             return len(mine)
+
+    def unleased_samples(self, sample_ids: Sequence[int], *, caller: str | None) -> list[int]:
+        """Of `sample_ids`, those no active, unexpired lease of a live peer registered by `caller` (its join token's
+        hash) contains: what that token may not stream (rules.unleased_samples)."""
+        with self._lock:
+            now = self.clock()
+            mine = {p.peer_id for p in self.peers.table.live(now=now) if caller is not None and p.owner == caller}
+            chunks = [slot.chunk_id for slot in (self.queue.chunks[cid] for cid in self.queue.leases.values())
+                      if slot.peer_id in mine and not lease_expired(slot.deadline, now=now)]
+            return unleased_samples(sample_ids, (self.leases.contents(cid)[1] for cid in chunks))
 
     def reap(self) -> int:
         """End every lease past its deadline (the lease path also does this lazily)."""
