@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image-seed", type=int, default=0)
     parser.add_argument("--target-batch-size", type=int, default=16)
+    parser.add_argument("--lora", action="store_true", help="train: lora (only the adapter trains and is averaged)")
     args = parser.parse_args()
 
     from conftest import make_images
@@ -49,13 +50,18 @@ def main() -> int:
 
     workdir = Path(args.workdir)
     config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=64,
-                       target_batch_size=args.target_batch_size, lr=1e-3, ucg=0.0)
+                       target_batch_size=args.target_batch_size, lr=1e-2 if args.lora else 1e-3, ucg=0.0,
+                       train="lora" if args.lora else "full")
     options = SwarmOptions(host_maddrs=("/ip4/127.0.0.1/tcp/0",), client_mode=args.client_mode,
                            matchmaking_time=1.0, averaging_timeout=5.0, load_state_timeout=20.0, compression="none",
                            verbose=True)
     initial_peers = json.loads(Path(args.initial_peers_file).read_text()) if args.initial_peers_file else []
     dht = make_dht(initial_peers=initial_peers, options=options)
     models = build_tiny(seed=config.seed)
+    if args.lora:
+        from swarm_trainer.lora import add_lora
+
+        add_lora(models, config)
     torch.manual_seed(1000 + args.image_seed)  # identical weights, but each peer its own noise and timesteps
     engine = TrainEngine(models=models, config=config, device=torch.device("cpu"), batch_size=1,
                          backend_factory=lambda params: make_backend(
@@ -93,6 +99,7 @@ def main() -> int:
     torch.save({"epoch": engine.local_epoch, "params": engine.parameters_vector(), "steps": step,
                 "max_peers": max_peers, "sync": sync,
                 "losses": engine.stats.losses, "client_mode": args.client_mode,
+                "all_unet": torch.cat([p.detach().reshape(-1) for p in models.unet.parameters()]),
                 "dht_client_mode": dht.client_mode, "optimizer_client_mode": engine.backend.client_mode},
                workdir / f"{args.name}.result.pt")
     # Stay up until the other peer has its result: it may still need to download state from this one.
