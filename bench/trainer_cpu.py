@@ -13,7 +13,12 @@ every DHT request, the guarded averagers); `checks_overhead` is 1 - (checks on s
 measured in the same rounds. Alone, a peer runs no all-reduce, so `robust_reducer` adds the reducer's own cost: one
 2^19-byte part from 4 senders combined robustly vs hivemind's weighted sum.
 
-Writes bench/results/trainer_cpu.json: ours and reference samples/s, their ratio, checks_overhead, and the setup.
+A fourth loop is ours training a LoRA (run config `train: lora`, rank 4, diffusers' default targets) on the same
+model: `lora_samples_per_s`; `lora_bytes_per_round` and `full_bytes_per_round` are what one peer sends (and receives)
+per averaging round with the default fp16 compression: the trainable parameters handed to hivemind x 2 bytes.
+
+Writes bench/results/trainer_cpu.json: ours and reference samples/s, their ratio, checks_overhead, the LoRA row and
+the setup.
 """
 from __future__ import annotations
 
@@ -90,7 +95,7 @@ def _trust_for_bench(workdir: Path):
     return TrustSettings(run_id="bench-cpu-trust", coordinator_public_key=public_key_bytes(key)), authorizer, identity
 
 
-def ours(models, images, captions, *, lr: float, trust_dir: Path | None = None):
+def ours(models, images, captions, *, lr: float, trust_dir: Path | None = None, lora: bool = False):
     import torch
 
     from swarm.runconfig import RunConfig
@@ -99,7 +104,11 @@ def ours(models, images, captions, *, lr: float, trust_dir: Path | None = None):
     from swarm_trainer.swarm import SwarmOptions, make_dht
 
     config = RunConfig(resolution=64, buckets_side_min=64, buckets_side_max=1024, lr=lr, ucg=0.0,
-                       target_batch_size=len(images))
+                       target_batch_size=len(images), train="lora" if lora else "full")
+    if lora:
+        from swarm_trainer.lora import add_lora
+
+        add_lora(models, config)
     options = SwarmOptions(host_maddrs=("/ip4/127.0.0.1/tcp/0",), matchmaking_time=1.0, averaging_timeout=5.0,
                            compression="none", trust_checks=trust_dir is not None)
     trust, authorizer, run_id = None, None, "bench-cpu"
@@ -184,18 +193,24 @@ def main() -> int:
     trust_dir = tempfile.TemporaryDirectory()
     checked_step, checked_engine, checked_dht = ours(build_tiny(seed=42), images, captions, lr=1e-4,
                                                      trust_dir=Path(trust_dir.name))
+    lora_step, lora_engine, lora_dht = ours(build_tiny(seed=42), images, captions, lr=1e-4, lora=True)
     try:
         _timed(ref_step, args.warmup)
         _timed(our_step, args.warmup)
         _timed(checked_step, args.warmup)
-        ref_s = our_s = checked_s = 0.0
+        _timed(lora_step, args.warmup)
+        ref_s = our_s = checked_s = lora_s = 0.0
         for _ in range(args.rounds):
             ref_s += _timed(ref_step, args.steps)
             our_s += _timed(our_step, args.steps)
             checked_s += _timed(checked_step, args.steps)
+            lora_s += _timed(lora_step, args.steps)
         epochs = engine.local_epoch
+        full_bytes = 2 * sum(p.numel() for p in engine.params)
+        lora_bytes = 2 * sum(p.numel() for p in lora_engine.params)
     finally:
         shutdown(engine.backend, dht)
+        shutdown(lora_engine.backend, lora_dht)
         shutdown(checked_engine.backend, checked_dht)
         trust_dir.cleanup()
     samples = args.rounds * args.steps * args.batch_size
@@ -213,6 +228,11 @@ def main() -> int:
             "note": "one peer: the DHT authorizer and guarded averagers are on the path; no all-reduce runs alone, "
                     "so robust_reducer times the reducer's extra work per 0.5 MiB part separately",
         },
+        "lora_samples_per_s": round(samples / lora_s, 3),
+        "lora_bytes_per_round": lora_bytes,
+        "full_bytes_per_round": full_bytes,
+        "lora_note": "rank 4 on to_k/to_q/to_v/to_out.0; bytes: trainable parameters x 2 (fp16 compression), "
+                     "what one peer sends and receives per averaging round",
         "setup": {"model": "tiny (diffusers test UNet 32/64, AutoencoderKL 32/64, CLIP 32x5)",
                   "batch_size": args.batch_size, "resolution": args.resolution, "precision": "fp32",
                   "timed_steps_each": args.rounds * args.steps, "torch_threads": torch.get_num_threads(),
