@@ -42,7 +42,8 @@ def test_api_status_agrees_with_get_progress_and_hides_addresses(coordinator, cl
     client.Heartbeat(pb.HeartbeatRequest(peer_id=reachable, global_epoch=3, loss=0.5, samples_per_s=2.5))
     doc = _status(server)
     progress = client.GetProgress(pb.GetProgressRequest())
-    assert doc["run"]["name"] == "test-run" and doc["run"]["model"] == "tiny" and doc["run"]["mode"] == "sync"
+    assert doc["run"]["name"] == "tiny fine-tune" and doc["run"]["model"] == "tiny" and doc["run"]["mode"] == "sync"
+    assert "test-run" not in json.dumps(doc)  # the run id is the DHT prefix only admitted peers learn
     assert doc["run"]["config_version"] == progress.config_version
     assert doc["run"]["samples_done"] == progress.samples_done
     assert doc["run"]["max_data_epochs"] == progress.max_data_epochs

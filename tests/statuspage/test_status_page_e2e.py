@@ -115,7 +115,9 @@ def test_status_page_while_swarm_demo_trains(tmp_path):
         errors = PageErrors()
         errors.watch(page)
         page.goto(url, wait_until="load")
-        wait_for_js(page, "document.querySelector('[data-field=\"run.name\"]').dataset.value === 'demo'", timeout=30)
+        # The page names the run by --run-name or its model, never by the run id (only admitted peers learn it).
+        wait_for_js(page, "document.querySelector('[data-field=\"run.name\"]').dataset.value === 'tiny fine-tune'",
+                    timeout=30)
         page.evaluate("window.__notReloaded = true")
         peers_at_load = int(field_value(page, "swarm.peers_online"))
         samples_at_load = int(field_value(page, "run.samples_done"))

@@ -88,6 +88,8 @@ def register(subparsers) -> None:
                       help="trainer image in the page's join line (default: %(default)s)")
     page.add_argument("--token-contact", default=DEFAULT_TOKEN_CONTACT, metavar="TEXT",
                       help="where newcomers ask for a join token: a URL, a chat channel (default: %(default)r)")
+    page.add_argument("--run-name", metavar="TEXT",
+                      help="the run's public name on the page (default: MODEL fine-tune; the run id is never shown)")
     p.set_defaults(func=run_coordinator)
 
     token = subparsers.add_parser("token", help="create, list and revoke join tokens",
@@ -182,7 +184,7 @@ def _status_page(args: argparse.Namespace) -> StatusPageSettings | None:
     if args.status_port is None:
         return None
     return StatusPageSettings(port=args.status_port, host=args.status_host, public_address=args.public_address,
-                              join_image=args.join_image, token_contact=args.token_contact)
+                              join_image=args.join_image, token_contact=args.token_contact, run_name=args.run_name)
 
 
 def _int64_strings_to_ints(message, data):

@@ -38,6 +38,13 @@ def peer_rows(progress: ProgressSnapshot) -> list[PeerRow]:
             for p in progress.peers]
 
 
+def public_run_name(settings: StatusPageSettings, current) -> str:
+    """--run-name, else a name made from the model: the run id stays off the page (only admitted peers learn it)."""
+    if settings.run_name:
+        return settings.run_name
+    return f"{current.config.model} fine-tune" if current else ""
+
+
 def run_mode(config) -> str:
     """What the page calls the run's training mode: the averaging mode, plus LoRA when only an adapter trains."""
     mode = getattr(config, "mode", "sync")
@@ -112,7 +119,7 @@ class LiveStatus:
         first = self.store.get_config(1)
         current = self.store.config
         return status_snapshot(
-            self.store.progress(), now=self.clock(), run_name=current.run_id if current else "",
+            self.store.progress(), now=self.clock(), run_name=public_run_name(self.settings, current),
             model=current.config.model if current else "", started=first.created if first else None,
             mode=run_mode(current.config) if current else None, join=self.join,
             history=self.store.history.points(), services=self._services(), bootstrap_addresses=self._bootstrap())

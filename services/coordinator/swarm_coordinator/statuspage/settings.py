@@ -19,6 +19,8 @@ class StatusPageSettings:
     public_address: str | None = None  # the coordinator's HOST:PORT for volunteers; None: from its listen address
     join_image: str = DEFAULT_JOIN_IMAGE
     token_contact: str = DEFAULT_TOKEN_CONTACT  # where a newcomer asks for a join token (a URL, a chat channel)
+    # The run's public name. Never the run id: that is the swarm's DHT prefix, which only admitted peers learn.
+    run_name: str | None = None
     sample_interval: float = SAMPLE_INTERVAL_S
     cache_s: float = CACHE_S
 
@@ -26,8 +28,10 @@ class StatusPageSettings:
         cliargs.check_port(self.port, name="status page port")
         if self.public_address is not None and not cliargs.is_address(self.public_address):
             raise ValueError(f"public address {self.public_address!r} is not HOST:PORT")
-        for name in ("join_image", "token_contact", "host"):
+        for name in ("join_image", "token_contact", "host", "run_name"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not value.strip() or len(value) > 200 or any(ord(c) < 32 for c in value):
                 raise ValueError(f"{name} must be one line of 1 to 200 characters, got {value!r}")
         if not self.sample_interval > 0 or not self.cache_s >= 0:
