@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,7 +152,9 @@ def run_mode(wan: Wan, *, name: str, workdir: Path, run_config: dict, index: Pat
     """Host services + one `swarm train` per peer namespace, until every trainer has exited."""
     from swarm_coordinator.tokens import create_token
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.exists():  # a rerun starts a new swarm: a finished coordinator database would train nothing
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
     logs = workdir / "logs"
     config_path = workdir / "run.yaml"
     config_path.write_text(yaml.safe_dump(run_config))
