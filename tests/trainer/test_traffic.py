@@ -18,6 +18,7 @@ def test_two_peers_averaging_count_the_bytes_an_all_reduce_moves():
     import hivemind
     from hivemind.compression import NoCompression
     from prometheus_client import REGISTRY
+
     from swarm_trainer import traffic
 
     traffic.install()
