@@ -224,7 +224,8 @@ assert first["global_epoch"] == second["global_epoch"] > 0, (first["global_epoch
 worst = max((unets[0][k] - unets[1][k]).abs().max().item() for k in unets[0])
 for k in unets[0]:
     torch.testing.assert_close(unets[0][k], unets[1][k], atol=1e-5, rtol=1e-4, msg=f"{k} differs")
-print(f"identical parameters: {len(unets[0])} UNet tensors (max difference {worst:.1e}), global epoch {first['global_epoch']}")
+epoch = first["global_epoch"]
+print(f"identical parameters: {len(unets[0])} UNet tensors (max difference {worst:.1e}), global epoch {epoch}")
 ' || fail "the volunteers' final parameters differ"
 
 # --- Restart: named volumes keep the coordinator's counts, the dataset index and the bootstrap DHT's peer id ------
