@@ -43,11 +43,13 @@ def test_tls_flags_pin_every_channel_of_the_trainer(monkeypatch):
     from swarm.errors import UsageError
     from swarm_trainer.cli import _use_tls
 
-    monkeypatch.delenv(tls.FINGERPRINT_ENV, raising=False)
-    monkeypatch.delenv(tls.CA_FILE_ENV, raising=False)
+    # setenv, not delenv: monkeypatch then records "unset" and removes what _use_tls writes into os.environ, so
+    # the pin cannot leak into later tests (their plaintext loopback servers would fail the TLS fetch).
+    monkeypatch.setenv(tls.FINGERPRINT_ENV, "")
+    monkeypatch.setenv(tls.CA_FILE_ENV, "")
     digest = "AB:" * 31 + "AB"
     _use_tls(SimpleNamespace(tls_fingerprint=digest, tls_ca_file=None))
     assert tls.ClientTls.from_env().fingerprint == "sha256:" + "ab" * 32
-    monkeypatch.delenv(tls.FINGERPRINT_ENV)
+    monkeypatch.setenv(tls.FINGERPRINT_ENV, "")
     with pytest.raises(UsageError, match="not a sha256 fingerprint"):
         _use_tls(SimpleNamespace(tls_fingerprint="md5:00", tls_ca_file=None))
