@@ -23,6 +23,7 @@ from swarm.logs import get_logger
 from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
 from swarm_trainer.endgame import final_sync
+from swarm_trainer.optimizer_backend import OptimizerBackendBase
 
 logger = get_logger(__name__)
 
@@ -168,12 +169,9 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
     )
 
 
-class HivemindOptimizerBackend:
+class HivemindOptimizerBackend(OptimizerBackendBase):
     """backend.SwarmBackend over one hivemind.Optimizer: every local step accumulates gradients, the swarm averages
     them once the run's target batch is reached (a global step, one epoch), and the peers step together."""
-
-    def __init__(self, optimizer, *, dht, run_id: str, params: Sequence[torch.nn.Parameter]):
-        self.optimizer, self.dht, self.run_id, self.params = optimizer, dht, run_id, list(params)
 
     def trust_stats(self) -> dict[str, dict]:
         """Per groupmate: accepted/clipped/dropped/refused as this peer's averagers counted (empty without checks)."""
@@ -181,37 +179,13 @@ class HivemindOptimizerBackend:
         return stats() if stats is not None else {}
 
     @property
-    def local_epoch(self) -> int:
-        return self.optimizer.local_epoch
-
-    @property
     def schedule_step(self) -> int:
         """The LR schedule counts global epochs in sync mode."""
         return self.optimizer.local_epoch
 
-    @property
-    def swarm_epoch(self) -> int:
-        """The newest epoch the progress tracker saw among the swarm's peers."""
-        return self.optimizer.tracker.global_epoch
-
-    @property
-    def client_mode(self) -> bool:
-        return self.optimizer.client_mode
-
-    @property
-    def lr(self) -> float:
-        """The LR the next step uses (what the wrapped torch optimizer holds)."""
-        return float(self.optimizer.opt.param_groups[0]["lr"])
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.opt.param_groups:
-            group["lr"] = lr
-
     def apply_config(self, config: RunConfig) -> None:
-        """The optimizer keys a running peer may change (the LR is set before each step)."""
-        for group in self.optimizer.opt.param_groups:
-            group.update(betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
-                         weight_decay=config.opt_weight_decay)
+        """The optimizer keys a running peer may change (the LR is set before each step), and the target batch."""
+        self.apply_optimizer_keys(config)
         self.optimizer.target_batch_size = config.target_batch_size
         self.optimizer.tracker.target_batch_size = config.target_batch_size
 

@@ -18,47 +18,26 @@ import torch
 from swarm.logs import get_logger
 from swarm.runconfig import RunConfig
 from swarm_trainer.diloco.optimizer import DiLoCoOptimizer
+from swarm_trainer.optimizer_backend import OptimizerBackendBase
 
 logger = get_logger(__name__)
 
 
-class DiLoCoBackend:
+class DiLoCoBackend(OptimizerBackendBase):
     def __init__(self, optimizer: DiLoCoOptimizer, *, dht, run_id: str, params: Sequence[torch.nn.Parameter]):
-        self.optimizer, self.dht, self.run_id, self.params = optimizer, dht, run_id, list(params)
+        super().__init__(optimizer, dht=dht, run_id=run_id, params=params)
         # False until this peer ended a round or downloaded the outer state: a new joiner one round behind with
         # nothing trained yet must download the state rather than average with the wrong outer parameters.
         self.synced = False
-
-    @property
-    def local_epoch(self) -> int:
-        return self.optimizer.local_epoch
 
     @property
     def schedule_step(self) -> int:
         """Where the LR schedule is evaluated for the next step: round * inner_steps + inner step."""
         return self.optimizer.lr_step
 
-    @property
-    def swarm_epoch(self) -> int:
-        return self.optimizer.tracker.global_epoch
-
-    @property
-    def client_mode(self) -> bool:
-        return self.optimizer.client_mode
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.opt.param_groups[0]["lr"])
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.opt.param_groups:
-            group["lr"] = lr
-
     def apply_config(self, config: RunConfig) -> None:
         """The inner optimizer's keys; every DiLoCo key is a restart key (peers must agree on the outer rule)."""
-        for group in self.optimizer.opt.param_groups:
-            group.update(betas=(config.opt_betas_one, config.opt_betas_two), eps=config.opt_epsilon,
-                         weight_decay=config.opt_weight_decay)
+        self.apply_optimizer_keys(config)
 
     def step(self, *, batch_size: int, grad_scaler=None) -> bool:
         ended = self.optimizer.step(batch_size=batch_size, grad_scaler=grad_scaler)
