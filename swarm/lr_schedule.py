@@ -46,6 +46,12 @@ def lr_for(config: RunConfig, *, epoch: int, total_steps: int) -> float:
                        total_steps=total_steps)
 
 
+def schedule_step_at_epoch(config: RunConfig, *, epoch: int) -> int:
+    """The schedule step at the start of global epoch `epoch`: the epoch itself in sync mode; in diloco mode an epoch
+    is an outer round and the schedule counts inner steps (round * inner_steps), as every DiLoCo trainer does."""
+    return epoch * config.inner_steps if config.mode == "diloco" else epoch
+
+
 def total_steps_for(*, total_samples: int, max_data_epochs: int, target_batch_size: int) -> int:
     """Global epochs a run of `max_data_epochs` passes over `total_samples` takes (the decay span when not given)."""
     return max(1, math.ceil(total_samples * max_data_epochs / target_batch_size))

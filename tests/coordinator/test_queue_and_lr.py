@@ -159,3 +159,13 @@ def test_peer_table_initial_peers_match_the_reference_rule_for_many_peers():
     got = table.initial_peers(["/boot"], now=200.0, exclude_peer_id="p007")
     assert got == rules.initial_peers(["/boot"], views, now=200.0, peer_ttl=60.0, exclude_peer_id="p007")
     assert len(got) == 1 + rules.MAX_INITIAL_PEERS
+
+
+def test_diloco_status_lr_counts_inner_steps():
+    """In diloco mode a global epoch is an outer round: the status LR is the schedule at round * inner_steps, the
+    step every trainer evaluates at the start of that round (not the LR of inner step `round`)."""
+    cfg = RunConfig(lr=1e-3, lr_scheduler="linear", mode="diloco", inner_steps=10, lr_total_steps=100)
+    assert current_lr(cfg, epoch=0, samples_total=1000) == pytest.approx(1e-3)
+    assert current_lr(cfg, epoch=5, samples_total=1000) == pytest.approx(lr_at_epoch(
+        50, base_lr=1e-3, scheduler="linear", warmup_steps=0, total_steps=100))
+    assert current_lr(cfg, epoch=10, samples_total=1000) == pytest.approx(0.0)

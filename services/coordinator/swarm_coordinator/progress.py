@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swarm.lr_schedule import lr_for, total_steps_for
+from swarm.lr_schedule import lr_for, schedule_step_at_epoch, total_steps_for
 from swarm.runconfig import RunConfig
 from swarm_coordinator.peers import PeerRecord
 
@@ -30,8 +30,10 @@ def planned_epochs(config: RunConfig, *, samples_total: int) -> int:
 
 
 def current_lr(config: RunConfig, *, epoch: int, samples_total: int) -> float:
-    """The LR every peer uses at global epoch `epoch`: a late joiner starts at exactly this value."""
-    return lr_for(config, epoch=max(0, epoch), total_steps=lr_total_steps(config, samples_total=samples_total))
+    """The LR every peer uses at the start of global epoch `epoch` (in diloco mode: of outer round `epoch`, whose
+    first inner step is round * inner_steps): a late joiner starts at exactly this value."""
+    return lr_for(config, epoch=schedule_step_at_epoch(config, epoch=max(0, epoch)),
+                  total_steps=lr_total_steps(config, samples_total=samples_total))
 
 
 @dataclass(frozen=True)
