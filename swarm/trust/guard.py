@@ -175,9 +175,11 @@ class AveragerGuard:
             if credential is not None and credential.max_weight > 0:
                 caps[peer] = credential.max_weight
         excluded = {peer for peer in group_info.peer_ids if self._is_banned(peer)}
-        runner = RobustAllReduceRunner(rules=self._trust.rules, weight_caps=caps, excluded=excluded, p2p=self._p2p,
-                                       servicer_type=type(self), prefix=self.prefix, tensors=tensors,
-                                       group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
+        # A base averager may change what its all-reduce sends (DiLoCo's averages-not-differences): build on it.
+        runner_class = getattr(self, "allreduce_runner_class", lambda base: base)(RobustAllReduceRunner)
+        runner = runner_class(rules=self._trust.rules, weight_caps=caps, excluded=excluded, p2p=self._p2p,
+                              servicer_type=type(self), prefix=self.prefix, tensors=tensors,
+                              group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
         assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
         self._running_groups[group_id].set_result(runner)
         try:

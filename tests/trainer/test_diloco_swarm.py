@@ -127,3 +127,31 @@ def test_two_peers_identical_after_each_round_and_a_late_joiner_catches_up():
             peer.optimizer.shutdown()
         for dht in dhts:
             dht.shutdown()
+
+
+@pytest.mark.timeout(200)
+def test_fp16_on_the_wire_leaves_both_peers_with_the_same_outer_parameters():
+    """hivemind hands each peer the average of the slices others reduced as a lossy DIFFERENCE from its own values,
+    and keeps its own slice exact, so with fp16/int8 peers drifted apart every round; the DiLoCo averager answers
+    with the average itself in the wire format and rounds its own slice the same way (diloco/consistent.py)."""
+    dhts, peers = [], []
+    try:
+        dhts.append(make_dht())
+        dhts.append(make_dht([str(a) for a in dhts[0].get_visible_maddrs()]))
+        a, b = Peer(dhts[0], seed=1, compression="fp16"), Peer(dhts[1], seed=2, compression="fp16")
+        peers += [a, b]
+        for peer in (a, b):
+            first_step(peer)
+        for peer in (a, b):
+            peer.wait_until_seen(2)
+        run_threads((a.train, 2), (b.train, 2))
+        assert a.error is None and b.error is None, (a.error, b.error)
+        assert a.optimizer.rounds_averaged >= 1 and b.optimizer.rounds_averaged >= 1
+        for round_index in (1, 2):
+            torch.testing.assert_close(a.outer_by_round[round_index], b.outer_by_round[round_index],
+                                       rtol=0, atol=1e-7)
+    finally:
+        for peer in peers:
+            peer.optimizer.shutdown()
+        for dht in dhts:
+            dht.shutdown()

@@ -1,7 +1,8 @@
 """DiLoCo's averager under the trust layer's guard (swarm.trust.averager_class), on credentialed DHTs.
 
 The guard composes with PseudoGradientAverager unchanged: credentialed peers average their rounds (robust
-aggregation applies to the pseudo-gradients), and a joiner's download of the outer state passes the guard's check.
+aggregation applies to the pseudo-gradients) with int8 on the wire and still hold identical outer parameters (the
+averager answers with averages, consistent.py), and a joiner's download of the outer state passes the guard's check.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def make_peer(dht, settings):
     optimizer = DiLoCoOptimizer(
         dht=dht, run_id="trusttest", params=model.parameters(),
         inner_optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),  # rounds move little, as in fine-tuning
-        settings=DiLoCoSettings(inner_steps=3, compression="none"),
+        settings=DiLoCoSettings(inner_steps=3, compression="int8"),
         timeouts=Timeouts(matchmaking=1.5, averaging=20.0, load_state=20.0), tracker_key=RSAPrivateKey(),
         averager_class=partial(averager_class(PseudoGradientAverager, settings), trust=settings))
     return model, optimizer

@@ -8,6 +8,10 @@ one seam where such wrappers are applied.
 What it serves to `load_state_from_peers` is not its averaged buffer but the outer state (outer parameters, outer
 momentum, and the result of an all-reduce still waiting to be applied), supplied by the optimizer through
 `state_source`: hivemind calls `get_current_state` in a thread of this (the host) process.
+
+Its all-reduce answers with averages rather than differences (consistent.py), so the outer parameters stay identical
+on every peer with fp16/int8 on the wire; `allreduce_runner_class` is the hook the trust layer's guard builds its
+runner through.
 """
 from __future__ import annotations
 
@@ -15,8 +19,12 @@ from typing import Callable, Sequence
 
 import torch
 from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.utils.asyncio import as_aiter, azip
+from hivemind.utils.timed_storage import get_dht_time
 
 from swarm.logs import get_logger
+from swarm_trainer.diloco.consistent import runner_class
 
 logger = get_logger(__name__)
 
@@ -36,6 +44,28 @@ class PseudoGradientAverager(DecentralizedAverager):
             tensor.share_memory_()
         self._reference_tensors = tuple(reference_tensors)
         super().__init__(averaged_tensors=averaged_tensors, dht=dht, **kwargs)
+
+    @staticmethod
+    def allreduce_runner_class(base: type = AllReduceRunner) -> type:
+        """The runner this averager's all-reduce uses, built on `base` (the trust layer passes its robust runner)."""
+        return runner_class(base)
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
+        """hivemind's method with `allreduce_runner_class()` (used when no trust guard wraps this class)."""
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = self.allreduce_runner_class()(p2p=self._p2p, servicer_type=type(self), prefix=self.prefix,
+                                               tensors=tensors, group_id=group_id,
+                                               ordered_peer_ids=group_info.peer_ids, **kwargs)
+        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
+        self._running_groups[group_id].set_result(runner)
+        if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
+            async for tensor, update in azip(as_aiter(*tensors), runner):
+                tensor.add_(update, alpha=self._averaging_alpha)
+                self.last_updated = get_dht_time()
+                self._state_updated.set()
+        else:
+            async for _ in runner:
+                raise ValueError("aux peers should not receive averaged tensors")
 
     def get_current_state(self):
         metadata, tensors = self._state_source()

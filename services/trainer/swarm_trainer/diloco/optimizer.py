@@ -40,6 +40,7 @@ from swarm_trainer.diloco.compression import (
     topk_with_error_feedback,
     wire_compression,
 )
+from swarm_trainer.diloco.consistent import WIRE_PROTOCOL
 from swarm_trainer.diloco.outer import OUTER_LR, OUTER_MOMENTUM, flatten, nesterov_outer_step, unflatten_into
 from swarm_trainer.diloco.rounds import PeerProgress, averaging_weight, group_bits, lr_step, peers_still_in_round
 
@@ -109,7 +110,7 @@ class DiLoCoOptimizer:
         # Calls into the averager's process go through one pipe; the main thread (new round, state download) and the
         # all-reduce thread both send on it, and interleaved messages would corrupt it.
         self._pipe_lock = threading.Lock()
-        self.prefix = f"{run_id}_diloco"
+        self.prefix = f"{run_id}_diloco_{WIRE_PROTOCOL}"  # peers group only with peers speaking the same protocol
         self.averager = build_averager(
             buffer=buffer, dht=dht, prefix=self.prefix, state_source=self._served_state, reference_tensors=[self.outer],
             compression=wire_compression(settings.compression), client_mode=client_mode,
