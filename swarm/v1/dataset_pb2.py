@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16swarm/v1/dataset.proto\x12\x08swarm.v1\"u\n\x14StreamSamplesRequest\x12\x12\n\nsample_ids\x18\x01 \x03(\x03\x12\x11\n\tas_stored\x18\x02 \x01(\x08\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x13\n\x0brandom_crop\x18\x05 \x01(\x08\"\x99\x01\n\x06Sample\x12\x11\n\tsample_id\x18\x01 \x01(\x03\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63\x61ption\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x14\n\x0c\x62ucket_width\x18\x06 \x01(\x05\x12\x15\n\rbucket_height\x18\x07 \x01(\x05\x12\x10\n\x08\x65ncoding\x18\x08 \x01(\t\"5\n\x12ListSamplesRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\tSampleRef\x12\x11\n\tsample_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x62ucket_width\x18\x02 \x01(\x05\x12\x15\n\rbucket_height\x18\x03 \x01(\x05\"M\n\x13ListSamplesResponse\x12$\n\x07samples\x18\x01 \x03(\x0b\x32\x13.swarm.v1.SampleRef\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\x11\n\x0fGetStatsRequest\";\n\x0b\x42ucketCount\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xad\x01\n\x0c\x44\x61tasetStats\x12\x0f\n\x07samples\x18\x01 \x01(\x03\x12&\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x15.swarm.v1.BucketCount\x12\x34\n\x07skipped\x18\x03 \x03(\x0b\x32#.swarm.v1.DatasetStats.SkippedEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xd9\x01\n\x07\x44\x61taset\x12\x43\n\rStreamSamples\x12\x1e.swarm.v1.StreamSamplesRequest\x1a\x10.swarm.v1.Sample0\x01\x12J\n\x0bListSamples\x12\x1c.swarm.v1.ListSamplesRequest\x1a\x1d.swarm.v1.ListSamplesResponse\x12=\n\x08GetStats\x12\x19.swarm.v1.GetStatsRequest\x1a\x16.swarm.v1.DatasetStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16swarm/v1/dataset.proto\x12\x08swarm.v1\"u\n\x14StreamSamplesRequest\x12\x12\n\nsample_ids\x18\x01 \x03(\x03\x12\x11\n\tas_stored\x18\x02 \x01(\x08\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x13\n\x0brandom_crop\x18\x05 \x01(\x08\"\x99\x01\n\x06Sample\x12\x11\n\tsample_id\x18\x01 \x01(\x03\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63\x61ption\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x14\n\x0c\x62ucket_width\x18\x06 \x01(\x05\x12\x15\n\rbucket_height\x18\x07 \x01(\x05\x12\x10\n\x08\x65ncoding\x18\x08 \x01(\t\"5\n\x12ListSamplesRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"o\n\tSampleRef\x12\x11\n\tsample_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x62ucket_width\x18\x02 \x01(\x05\x12\x15\n\rbucket_height\x18\x03 \x01(\x05\x12\"\n\x04role\x18\x04 \x01(\x0e\x32\x14.swarm.v1.SampleRole\"M\n\x13ListSamplesResponse\x12$\n\x07samples\x18\x01 \x03(\x0b\x32\x13.swarm.v1.SampleRef\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\x11\n\x0fGetStatsRequest\";\n\x0b\x42ucketCount\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x8d\x02\n\x0c\x44\x61tasetStats\x12\x0f\n\x07samples\x18\x01 \x01(\x03\x12&\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x15.swarm.v1.BucketCount\x12\x34\n\x07skipped\x18\x03 \x03(\x0b\x32#.swarm.v1.DatasetStats.SkippedEntry\x12\x30\n\x05roles\x18\x04 \x03(\x0b\x32!.swarm.v1.DatasetStats.RolesEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a,\n\nRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*F\n\nSampleRole\x12\x18\n\x14SAMPLE_ROLE_TRAINING\x10\x00\x12\x1e\n\x1aSAMPLE_ROLE_REGULARIZATION\x10\x01\x32\xd9\x01\n\x07\x44\x61taset\x12\x43\n\rStreamSamples\x12\x1e.swarm.v1.StreamSamplesRequest\x1a\x10.swarm.v1.Sample0\x01\x12J\n\x0bListSamples\x12\x1c.swarm.v1.ListSamplesRequest\x1a\x1d.swarm.v1.ListSamplesResponse\x12=\n\x08GetStats\x12\x19.swarm.v1.GetStatsRequest\x1a\x16.swarm.v1.DatasetStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DATASETSTATS_SKIPPEDENTRY']._loaded_options = None
   _globals['_DATASETSTATS_SKIPPEDENTRY']._serialized_options = b'8\001'
+  _globals['_DATASETSTATS_ROLESENTRY']._loaded_options = None
+  _globals['_DATASETSTATS_ROLESENTRY']._serialized_options = b'8\001'
+  _globals['_SAMPLEROLE']._serialized_start=910
+  _globals['_SAMPLEROLE']._serialized_end=980
   _globals['_STREAMSAMPLESREQUEST']._serialized_start=36
   _globals['_STREAMSAMPLESREQUEST']._serialized_end=153
   _globals['_SAMPLE']._serialized_start=156
@@ -40,17 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSAMPLESREQUEST']._serialized_start=311
   _globals['_LISTSAMPLESREQUEST']._serialized_end=364
   _globals['_SAMPLEREF']._serialized_start=366
-  _globals['_SAMPLEREF']._serialized_end=441
-  _globals['_LISTSAMPLESRESPONSE']._serialized_start=443
-  _globals['_LISTSAMPLESRESPONSE']._serialized_end=520
-  _globals['_GETSTATSREQUEST']._serialized_start=522
-  _globals['_GETSTATSREQUEST']._serialized_end=539
-  _globals['_BUCKETCOUNT']._serialized_start=541
-  _globals['_BUCKETCOUNT']._serialized_end=600
-  _globals['_DATASETSTATS']._serialized_start=603
-  _globals['_DATASETSTATS']._serialized_end=776
-  _globals['_DATASETSTATS_SKIPPEDENTRY']._serialized_start=730
-  _globals['_DATASETSTATS_SKIPPEDENTRY']._serialized_end=776
-  _globals['_DATASET']._serialized_start=779
-  _globals['_DATASET']._serialized_end=996
+  _globals['_SAMPLEREF']._serialized_end=477
+  _globals['_LISTSAMPLESRESPONSE']._serialized_start=479
+  _globals['_LISTSAMPLESRESPONSE']._serialized_end=556
+  _globals['_GETSTATSREQUEST']._serialized_start=558
+  _globals['_GETSTATSREQUEST']._serialized_end=575
+  _globals['_BUCKETCOUNT']._serialized_start=577
+  _globals['_BUCKETCOUNT']._serialized_end=636
+  _globals['_DATASETSTATS']._serialized_start=639
+  _globals['_DATASETSTATS']._serialized_end=908
+  _globals['_DATASETSTATS_SKIPPEDENTRY']._serialized_start=816
+  _globals['_DATASETSTATS_SKIPPEDENTRY']._serialized_end=862
+  _globals['_DATASETSTATS_ROLESENTRY']._serialized_start=864
+  _globals['_DATASETSTATS_ROLESENTRY']._serialized_end=908
+  _globals['_DATASET']._serialized_start=983
+  _globals['_DATASET']._serialized_end=1200
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,18 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SampleRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLE_ROLE_TRAINING: _ClassVar[SampleRole]
+    SAMPLE_ROLE_REGULARIZATION: _ClassVar[SampleRole]
+SAMPLE_ROLE_TRAINING: SampleRole
+SAMPLE_ROLE_REGULARIZATION: SampleRole
 
 class StreamSamplesRequest(_message.Message):
     __slots__ = ("sample_ids", "as_stored", "encoding", "quality", "random_crop")
@@ -49,14 +57,16 @@ class ListSamplesRequest(_message.Message):
     def __init__(self, after_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class SampleRef(_message.Message):
-    __slots__ = ("sample_id", "bucket_width", "bucket_height")
+    __slots__ = ("sample_id", "bucket_width", "bucket_height", "role")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_WIDTH_FIELD_NUMBER: _ClassVar[int]
     BUCKET_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     sample_id: int
     bucket_width: int
     bucket_height: int
-    def __init__(self, sample_id: _Optional[int] = ..., bucket_width: _Optional[int] = ..., bucket_height: _Optional[int] = ...) -> None: ...
+    role: SampleRole
+    def __init__(self, sample_id: _Optional[int] = ..., bucket_width: _Optional[int] = ..., bucket_height: _Optional[int] = ..., role: _Optional[_Union[SampleRole, str]] = ...) -> None: ...
 
 class ListSamplesResponse(_message.Message):
     __slots__ = ("samples", "has_more")
@@ -81,8 +91,15 @@ class BucketCount(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class DatasetStats(_message.Message):
-    __slots__ = ("samples", "buckets", "skipped")
+    __slots__ = ("samples", "buckets", "skipped", "roles")
     class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RolesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -92,7 +109,9 @@ class DatasetStats(_message.Message):
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
     samples: int
     buckets: _containers.RepeatedCompositeFieldContainer[BucketCount]
     skipped: _containers.ScalarMap[str, int]
-    def __init__(self, samples: _Optional[int] = ..., buckets: _Optional[_Iterable[_Union[BucketCount, _Mapping]]] = ..., skipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    roles: _containers.ScalarMap[str, int]
+    def __init__(self, samples: _Optional[int] = ..., buckets: _Optional[_Iterable[_Union[BucketCount, _Mapping]]] = ..., skipped: _Optional[_Mapping[str, int]] = ..., roles: _Optional[_Mapping[str, int]] = ...) -> None: ...
