@@ -7,6 +7,46 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CheckReachabilityRequest(_message.Message):
+    __slots__ = ("peer_id",)
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    def __init__(self, peer_id: _Optional[str] = ...) -> None: ...
+
+class AddressReachability(_message.Message):
+    __slots__ = ("multiaddr", "dialled", "reachable", "reason")
+    MULTIADDR_FIELD_NUMBER: _ClassVar[int]
+    DIALLED_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    multiaddr: str
+    dialled: bool
+    reachable: bool
+    reason: str
+    def __init__(self, multiaddr: _Optional[str] = ..., dialled: _Optional[bool] = ..., reachable: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CheckReachabilityResponse(_message.Message):
+    __slots__ = ("verdict", "message", "addresses", "observed_host")
+    class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        VERDICT_UNSPECIFIED: _ClassVar[CheckReachabilityResponse.Verdict]
+        REACHABLE: _ClassVar[CheckReachabilityResponse.Verdict]
+        UNREACHABLE: _ClassVar[CheckReachabilityResponse.Verdict]
+        NOT_VERIFIED: _ClassVar[CheckReachabilityResponse.Verdict]
+    VERDICT_UNSPECIFIED: CheckReachabilityResponse.Verdict
+    REACHABLE: CheckReachabilityResponse.Verdict
+    UNREACHABLE: CheckReachabilityResponse.Verdict
+    NOT_VERIFIED: CheckReachabilityResponse.Verdict
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_HOST_FIELD_NUMBER: _ClassVar[int]
+    verdict: CheckReachabilityResponse.Verdict
+    message: str
+    addresses: _containers.RepeatedCompositeFieldContainer[AddressReachability]
+    observed_host: str
+    def __init__(self, verdict: _Optional[_Union[CheckReachabilityResponse.Verdict, str]] = ..., message: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[AddressReachability, _Mapping]]] = ..., observed_host: _Optional[str] = ...) -> None: ...
+
 class AuthorizeSamplesRequest(_message.Message):
     __slots__ = ("sample_ids",)
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]

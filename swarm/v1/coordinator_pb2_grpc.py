@@ -84,6 +84,11 @@ class CoordinatorStub:
                 request_serializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesResponse.FromString,
                 _registered_method=True)
+        self.CheckReachability = channel.unary_unary(
+                '/swarm.v1.Coordinator/CheckReachability',
+                request_serializer=swarm_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_coordinator__pb2.CheckReachabilityResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -163,6 +168,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckReachability(self, request, context):
+        """Is this peer reachable from outside? The coordinator dials back the multiaddrs registered for peer_id (a peer of
+        the caller's token), TCP plus libp2p's multistream greeting, but only on the host the call came from (or private
+        and loopback addresses when the caller is private or loopback too), at most once per peer every few seconds.
+        A trainer asks after its DHT is up and before it trains; an unreachable one says how to fix it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +230,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.AuthorizeSamples,
                     request_deserializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesResponse.SerializeToString,
+            ),
+            'CheckReachability': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckReachability,
+                    request_deserializer=swarm_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_coordinator__pb2.CheckReachabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +507,33 @@ class Coordinator:
             '/swarm.v1.Coordinator/AuthorizeSamples',
             swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesRequest.SerializeToString,
             swarm_dot_v1_dot_coordinator__pb2.AuthorizeSamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckReachability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Coordinator/CheckReachability',
+            swarm_dot_v1_dot_coordinator__pb2.CheckReachabilityRequest.SerializeToString,
+            swarm_dot_v1_dot_coordinator__pb2.CheckReachabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

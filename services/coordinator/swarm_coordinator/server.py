@@ -26,6 +26,7 @@ from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics
 from swarm_coordinator.admission import AdmissionRpcs, ContributionBook, RevocationWatch, random_run_id
 from swarm_coordinator.bootstrap_source import BootstrapPeersSource
+from swarm_coordinator.reachability import ReachabilityRpcs
 from swarm_coordinator.servicers import (
     SERVICE_NAME,
     ConfigRpcs,
@@ -79,7 +80,8 @@ def servicer_parts(store: Store, settings: CoordinatorSettings, *, contributions
             "config": ConfigRpcs(store), "leases": LeaseRpcs(store, contributions=contributions),
             "progress": ProgressRpcs(store, contributions=contributions), "admission": admission,
             "samples": SampleAccessRpcs(store, full_access_token_hashes=[hash_token(dataset_token)] if dataset_token
-                                        else [])}
+                                        else []),
+            "reachability": ReachabilityRpcs(store)}
 
 
 def _token_check(settings: CoordinatorSettings, pieces: contextlib.ExitStack) -> Callable[[str], str | None]:

@@ -67,6 +67,11 @@ class CoordinatorClient:
         return self._call("RegisterPeer", pb.RegisterPeerRequest(
             peer_id=peer_id, multiaddrs=own, client_mode=client_mode, name=name, batch_size=batch_size))
 
+    def check_reachability(self, *, peer_id: str) -> pb.CheckReachabilityResponse:
+        """Ask the coordinator to dial this peer's registered addresses back (reachability.py); short retries."""
+        return self._call("CheckReachability", pb.CheckReachabilityRequest(peer_id=peer_id),
+                          retry_for=min(self.retry_for, 10.0))
+
     def get_config(self, version: int = 0) -> pb.RunConfig:
         return self._call("GetConfig", pb.GetConfigRequest(version=version))
 
