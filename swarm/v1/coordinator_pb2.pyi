@@ -274,7 +274,7 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerInfo(_message.Message):
-    __slots__ = ("peer_id", "name", "multiaddrs", "client_mode", "last_seen_unix_ms", "samples_contributed", "global_epoch", "finished", "loss", "samples_per_s", "chunks_contributed", "alive")
+    __slots__ = ("peer_id", "name", "multiaddrs", "client_mode", "last_seen_unix_ms", "samples_contributed", "global_epoch", "finished", "loss", "samples_per_s", "chunks_contributed", "alive", "samples_leased")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,7 @@ class PeerInfo(_message.Message):
     SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_LEASED_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     name: str
     multiaddrs: _containers.RepeatedScalarFieldContainer[str]
@@ -299,7 +300,8 @@ class PeerInfo(_message.Message):
     samples_per_s: float
     chunks_contributed: int
     alive: bool
-    def __init__(self, peer_id: _Optional[str] = ..., name: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., client_mode: _Optional[bool] = ..., last_seen_unix_ms: _Optional[int] = ..., samples_contributed: _Optional[int] = ..., global_epoch: _Optional[int] = ..., finished: _Optional[bool] = ..., loss: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., chunks_contributed: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
+    samples_leased: int
+    def __init__(self, peer_id: _Optional[str] = ..., name: _Optional[str] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., client_mode: _Optional[bool] = ..., last_seen_unix_ms: _Optional[int] = ..., samples_contributed: _Optional[int] = ..., global_epoch: _Optional[int] = ..., finished: _Optional[bool] = ..., loss: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., chunks_contributed: _Optional[int] = ..., alive: _Optional[bool] = ..., samples_leased: _Optional[int] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers", "initial_peers")
@@ -314,7 +316,7 @@ class GetProgressRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training", "contributions")
+    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training", "contributions", "credentials")
     SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
     DATA_EPOCHS_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +336,7 @@ class Progress(_message.Message):
     SWARM_EPOCH_MIN_FIELD_NUMBER: _ClassVar[int]
     PEERS_TRAINING_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     samples_done: int
     data_epochs_done: int
     chunks_total: int
@@ -353,4 +356,17 @@ class Progress(_message.Message):
     swarm_epoch_min: int
     peers_training: int
     contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
-    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+    credentials: _containers.RepeatedCompositeFieldContainer[CredentialCount]
+    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., credentials: _Optional[_Iterable[_Union[CredentialCount, _Mapping]]] = ...) -> None: ...
+
+class CredentialCount(_message.Message):
+    __slots__ = ("peer_id", "token_name", "issued", "refused")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    token_name: str
+    issued: int
+    refused: int
+    def __init__(self, peer_id: _Optional[str] = ..., token_name: _Optional[str] = ..., issued: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
