@@ -31,6 +31,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ingest.add_argument("source", metavar="SOURCE", help="a folder, or s3://bucket/prefix (read recursively)")
     ingest.add_argument("--index", required=True, metavar="PATH", help="SQLite index file (created if missing)")
+    ingest.add_argument("--role", choices=("training", "regularization"), default=None,
+                        help="which image set SOURCE is: the training (instance) images, or regularization (class) "
+                             "images for DreamBooth-style prior preservation, mixed into chunks at the run config's "
+                             "reg_ratio (default: the role SOURCE was ingested with before, else training; a source "
+                             "keeps its role)")
     ingest.add_argument("--storage", metavar="URL",
                         help="where normalised images go: s3://bucket/prefix, file:///abs/path or a folder "
                              "(default: what the index used before, else an 'objects' folder beside the index)")
@@ -139,7 +144,7 @@ def _run_ingest(args) -> int:
 
     from swarm.errors import UsageError
     from swarm_dataset.index import Index
-    from swarm_dataset.ingest import IngestOptions, ingest
+    from swarm_dataset.ingest import IngestOptions, RoleError, ingest
     from swarm_dataset.pairing import DEFAULT_CAPTION_FIELDS, CaptionOptions
     from swarm_dataset.storage import StorageError, open_storage
     from swarm_dataset.validate import ValidationLimits
@@ -170,8 +175,8 @@ def _run_ingest(args) -> int:
             if hasattr(storage, "ensure_bucket"):
                 storage.ensure_bucket()
             report = ingest(source=source, index=index, storage=storage, bucket_params=params, options=options,
-                            progress=not args.no_progress, prune=args.prune)
-        except StorageError as e:
+                            progress=not args.no_progress, prune=args.prune, role=args.role)
+        except (StorageError, RoleError) as e:
             raise UsageError(str(e)) from None
     finally:
         index.close()
@@ -199,7 +204,7 @@ def _run_serve(args) -> int:
 
 def _run_stats(args) -> int:
     from swarm.errors import UsageError
-    from swarm_dataset.index import Index
+    from swarm_dataset.index import ROLES, Index
 
     try:
         index = Index(args.index, create=False)
@@ -212,7 +217,7 @@ def _run_stats(args) -> int:
     if args.json:
         print(json.dumps(stats.as_dict(), indent=2))
         return 0
-    print(f"samples: {stats.samples}")
+    print(f"samples: {stats.samples} ({', '.join(f'{stats.roles.get(r, 0)} {r}' for r in ROLES)})")
     print("buckets (width x height: samples):")
     for (width, height), count in sorted(stats.buckets.items(), key=lambda kv: kv[0][0] / kv[0][1]):
         print(f"  {width:>5} x {height:<5} {count:>8}  {'#' * max(1, round(40 * count / max(stats.samples, 1)))}")

@@ -1,13 +1,15 @@
 """The dataset index: SQLite (WAL) through SQLAlchemy 2.
 
 `samples` holds one row per usable image (id, object key, sha256 of the source bytes, size, aspect bucket, caption,
-where it came from and the source file's signature for incremental re-ingest); `skips` holds one row per source file
-that was not used, with its reason. `meta` remembers the storage URL and bucket parameters the index was built with.
+its role, where it came from and the source file's signature for incremental re-ingest); `skips` holds one row per
+source file that was not used, with its reason. `meta` remembers the storage URL and bucket parameters the index was
+built with, and each source's role.
 
 WAL and short transactions let `swarm dataset serve` keep answering while `swarm ingest` writes to the same file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -37,6 +39,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # SQLite's bound-parameter limit is 32766 on current builds; stay far below it for old ones.
 ID_QUERY_BATCH = 900
 
+# What an image set is for (`swarm ingest --role`). Every sample of one source has its source's role.
+TRAINING = "training"  # the instance set: chunks are cut from it, data epochs count it
+REGULARIZATION = "regularization"  # DreamBooth class images, mixed into chunks at the run config's reg_ratio
+ROLES = (TRAINING, REGULARIZATION)
+
 
 class Base(DeclarativeBase):
     pass
@@ -62,6 +69,7 @@ class SampleRow(Base):
     version: Mapped[str] = mapped_column(String, nullable=False)  # source mtime (ns) or ETag
     signature: Mapped[str] = mapped_column(String, nullable=False)  # image + caption file versions, for re-ingest
     ingested_at: Mapped[float] = mapped_column(Float, nullable=False)
+    role: Mapped[str] = mapped_column(String, nullable=False, default=TRAINING, server_default=TRAINING)
     __table_args__ = (UniqueConstraint("source", "source_key", name="uq_sample_source"),)
 
 
@@ -103,9 +111,10 @@ class IndexStats:
     samples: int
     buckets: dict[tuple[int, int], int]
     skipped: dict[str, int]
+    roles: dict[str, int] = dataclasses.field(default_factory=dict)  # samples per role
 
     def as_dict(self) -> dict:
-        return {"samples": self.samples,
+        return {"samples": self.samples, "roles": {role: self.roles.get(role, 0) for role in ROLES},
                 "buckets": [{"width": w, "height": h, "count": n} for (w, h), n in sorted(self.buckets.items())],
                 "skipped": dict(sorted(self.skipped.items()))}
 
@@ -143,6 +152,8 @@ class Index:
             columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(samples)")}
             if "bucket_key" not in columns:
                 conn.exec_driver_sql("ALTER TABLE samples ADD COLUMN bucket_key VARCHAR")
+            if "role" not in columns:  # indexes from before regularization images: every sample was training
+                conn.exec_driver_sql(f"ALTER TABLE samples ADD COLUMN role VARCHAR NOT NULL DEFAULT '{TRAINING}'")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -159,6 +170,15 @@ class Index:
     def set_meta(self, name: str, value: str) -> None:
         with self.session() as s, s.begin():
             s.merge(MetaRow(name=name, value=value))
+
+    def source_role(self, source: str) -> str | None:
+        """The role `source` was ingested with, None when it never was."""
+        return self.get_meta(f"role:{source}")
+
+    def set_source_role(self, source: str, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        self.set_meta(f"role:{source}", role)
 
     def bucket_params(self) -> BucketParams | None:
         raw = self.get_meta("bucket_params")
@@ -250,7 +270,7 @@ class Index:
                           signature=signature, duplicate_of=duplicate_of, ingested_at=time.time()))
 
     def forget(self, *, source: str, source_keys: Iterable[str]) -> int:
-        """Drop samples and skips of files that no longer exist in the source (or whose role changed)."""
+        """Drop samples and skips of files that no longer exist in the source."""
         keys = list(source_keys)
         removed = 0
         with self.session() as s, s.begin():
@@ -283,11 +303,11 @@ class Index:
             rows = s.scalars(select(SampleRow).where(SampleRow.id > after_id).order_by(SampleRow.id).limit(limit))
             return [_sample_info(row) for row in rows]
 
-    def list_refs(self, *, after_id: int = 0, limit: int = 1000) -> list[tuple[int, int, int]]:
-        """(id, bucket_width, bucket_height) by id: what the coordinator pages through, without ORM objects."""
+    def list_refs(self, *, after_id: int = 0, limit: int = 1000) -> list[tuple[int, int, int, str]]:
+        """(id, bucket_width, bucket_height, role) by id: what the coordinator pages through, without ORM objects."""
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(
-                select(SampleRow.id, SampleRow.bucket_width, SampleRow.bucket_height)
+                select(SampleRow.id, SampleRow.bucket_width, SampleRow.bucket_height, SampleRow.role)
                 .where(SampleRow.id > after_id).order_by(SampleRow.id).limit(limit))]
 
     def count(self) -> int:
@@ -300,7 +320,8 @@ class Index:
                 select(SampleRow.bucket_width, SampleRow.bucket_height, func.count())
                 .group_by(SampleRow.bucket_width, SampleRow.bucket_height)).all()}
             skipped = dict(s.execute(select(SkipRow.reason, func.count()).group_by(SkipRow.reason)).all())
-        return IndexStats(samples=sum(buckets.values()), buckets=buckets, skipped=skipped)
+            roles = dict(s.execute(select(SampleRow.role, func.count()).group_by(SampleRow.role)).all())
+        return IndexStats(samples=sum(buckets.values()), buckets=buckets, skipped=skipped, roles=roles)
 
     def skip_reasons(self, source: str | None = None) -> Counter:
         with self.session() as s:

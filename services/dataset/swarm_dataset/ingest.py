@@ -7,6 +7,8 @@ aspect bucket. Plain RGB JPEGs are stored as they are (no generation loss); ever
 
 Incremental: each file's signature (size + mtime/ETag of the image and of its caption file) is remembered, used or
 skipped, and unchanged files are not fetched again; a changed caption alone only re-reads the caption.
+Each source has one role (index.ROLES): the training set by default, or `regularization` (DreamBooth class images);
+it is remembered, so a re-ingest keeps it, and a different role for a source already ingested is refused.
 Nothing stops an ingest: every bad file becomes a counted reason. Index writes are short transactions on a WAL
 database, so the dataset service keeps serving from the same index meanwhile.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from swarm.logs import get_logger
 from swarm_dataset import imaging
 from swarm_dataset.buckets import BucketParams, make_buckets, nearest_bucket
-from swarm_dataset.index import Index, SampleInfo
+from swarm_dataset.index import ROLES, TRAINING, Index, SampleInfo
 from swarm_dataset.pairing import (
     NO_CAPTION,
     CaptionError,
@@ -70,9 +72,33 @@ class IngestOptions:
             raise ValueError(f"workers must be between 1 and 64, got {self.workers}")
 
 
+class RoleError(ValueError):
+    """An unknown role, or a source ingested before with another role."""
+
+
+def resolve_role(asked: str | None, *, recorded: str | None, ingested_before: bool) -> str:
+    """The role a source is ingested with: the one asked, else the one recorded for it, else training.
+
+    A source keeps its role for good: the coordinator may already hold its samples in chunks (training) or in its
+    regularization pool, so asking another role for a source ingested before is refused. Indexes from before roles
+    existed recorded none: their sources are training.
+    """
+    if asked is not None and asked not in ROLES:
+        raise RoleError(f"unknown role {asked!r}: use one of {', '.join(ROLES)} (default {TRAINING})")
+    before = recorded or (TRAINING if ingested_before else None)
+    if asked is None:
+        return before or TRAINING
+    if before is not None and before != asked:
+        raise RoleError(f"this source was ingested with role {before}; a source keeps its role (the coordinator may "
+                        f"already have its samples): ingest it again with --role {before}, or build a new index "
+                        f"to use it as {asked}")
+    return asked
+
+
 @dataclass
 class IngestReport:
     source: str
+    role: str = TRAINING
     files: int = 0  # every file listed under the source
     images: int = 0  # image files among them
     added: int = 0
@@ -86,17 +112,20 @@ class IngestReport:
     seconds: float = 0.0
     index_samples: int = 0
     index_skipped: dict = field(default_factory=dict)
+    index_roles: dict = field(default_factory=dict)  # samples per role in the whole index
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "files": self.files, "images": self.images, "added": self.added,
-                "updated": self.updated, "unchanged": self.unchanged, "skipped": dict(sorted(self.skipped.items())),
+        return {"source": self.source, "role": self.role, "files": self.files, "images": self.images,
+                "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
+                "skipped": dict(sorted(self.skipped.items())),
                 "skipped_total": sum(self.skipped.values()), "normalised": dict(sorted(self.normalised.items())),
                 "rebucketed": self.rebucketed, "prepared": self.prepared, "missing": self.missing,
                 "seconds": round(self.seconds, 3),
-                "index": {"samples": self.index_samples, "skipped": self.index_skipped}}
+                "index": {"samples": self.index_samples, "roles": self.index_roles, "skipped": self.index_skipped}}
 
     def summary(self) -> str:
-        lines = [f"ingested {self.source}: {self.files} files, {self.images} images in {self.seconds:.1f} s",
+        lines = [f"ingested {self.source} ({self.role} set): {self.files} files, {self.images} images in "
+                 f"{self.seconds:.1f} s",
                  f"  added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
                  f"skipped {sum(self.skipped.values())}"]
         lines += [f"    {reason}: {n}" for reason, n in sorted(self.skipped.items())]
@@ -108,7 +137,8 @@ class IngestReport:
             lines.append(f"  {self.prepared} bucket copies made for samples that had none")
         if self.missing:
             lines.append(f"  {self.missing} files ingested before are gone from the source (--prune removes them)")
-        lines.append(f"  index now holds {self.index_samples} samples")
+        roles = ", ".join(f"{n} {role}" for role, n in self.index_roles.items())
+        lines.append(f"  index now holds {self.index_samples} samples" + (f" ({roles})" if roles else ""))
         return "\n".join(lines)
 
 
@@ -130,8 +160,9 @@ def _sha256(data: bytes) -> str:
 
 class _Ingester:
     def __init__(self, *, source: LocalStorage | S3Storage, index: Index, storage: LocalStorage | S3Storage,
-                 buckets: list[tuple[int, int]], options: IngestOptions):
+                 buckets: list[tuple[int, int]], options: IngestOptions, role: str = TRAINING):
         self.source, self.index, self.storage, self.buckets, self.options = source, index, storage, buckets, options
+        self.role = role
 
     def put(self, data: bytes, extension: str) -> str:
         """Store content-addressed and return the key. Identical bytes have the same key, so a second PUT of the same
@@ -195,7 +226,7 @@ class _Ingester:
             outcome.values = dict(key=key, sha256=outcome.sha256, width=width, height=height,
                                   bucket_width=bucket_width, bucket_height=bucket_height, bucket_key=bucket_key,
                                   caption=caption, size=pair.image.size, stored_size=len(stored),
-                                  version=pair.image.version, signature=signature)
+                                  version=pair.image.version, signature=signature, role=self.role)
         except CaptionError as e:
             outcome.reason, outcome.detail = e.reason, e.detail
         except LinkOutsideError as e:
@@ -243,19 +274,23 @@ class _Ingester:
 
 def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStorage | S3Storage,
            bucket_params: BucketParams = BucketParams(), options: IngestOptions = IngestOptions(),
-           progress: bool = True, prune: bool = False) -> IngestReport:
-    """Ingest every file under `source` (recursively). Returns the counts by outcome and reason.
+           progress: bool = True, prune: bool = False, role: str | None = None) -> IngestReport:
+    """Ingest every file under `source` (recursively) as the image set `role` (None: the role the source was
+    ingested with before, else training; RoleError when it differs). Returns the counts by outcome and reason.
 
     Files ingested before that are gone from the source are counted as `missing`; with `prune` their samples (and
     skips) are removed from the index. Without it they stay: the coordinator may have chunks that name them."""
     from tqdm import tqdm
 
     started = time.monotonic()
-    report = IngestReport(source=source.url)
+    known = index.known_signatures(source.url)
+    role = resolve_role(role, recorded=index.source_role(source.url), ingested_before=bool(known))
+    report = IngestReport(source=source.url, role=role)
+    index.set_source_role(source.url, role)
     index.set_meta("storage_url", storage.url)
     report.rebucketed = index.set_bucket_params(bucket_params)
     ingester = _Ingester(source=source, index=index, storage=storage, buckets=make_buckets(bucket_params),
-                         options=options)
+                         options=options, role=role)
     logger.info(f"listing {source.url} ...")
     listing = list(source.list())
     report.files = len(listing)
@@ -264,7 +299,6 @@ def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStor
         logger.warning(f"no files under {source.url}: is SOURCE the right folder or s3://bucket/prefix?")
     pairing = pair_files(listing)
     report.images = len(pairing.pairs)
-    known = index.known_signatures(source.url)
 
     for obj, reason in pairing.unpaired:
         signature = join_signature(image_signature(obj), "-")
@@ -319,6 +353,7 @@ def ingest(*, source: LocalStorage | S3Storage, index: Index, storage: LocalStor
 
     stats = index.stats()
     report.index_samples, report.index_skipped = stats.samples, dict(sorted(stats.skipped.items()))
+    report.index_roles = {r: stats.roles.get(r, 0) for r in ROLES}
     report.seconds = time.monotonic() - started
     logger.info(f"ingest of {source.url} done: {report.added} added, {report.updated} updated, "
                 f"{report.unchanged} unchanged, {sum(report.skipped.values())} skipped in {report.seconds:.1f} s")

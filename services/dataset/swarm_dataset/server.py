@@ -30,7 +30,7 @@ from swarm.procs import write_ready_file
 from swarm.shutdown import stop_event_on_signals
 from swarm.v1 import dataset_pb2, dataset_pb2_grpc
 from swarm_dataset import imaging
-from swarm_dataset.index import Index, SampleInfo
+from swarm_dataset.index import REGULARIZATION, ROLES, TRAINING, Index, SampleInfo
 from swarm_dataset.storage import StorageError, open_storage
 from swarm_dataset.stream_guard import DEFAULT_STREAMS_PER_TOKEN, StreamGuard, StreamRefused
 
@@ -40,6 +40,7 @@ SERVICE_NAME = "swarm.v1.Dataset"
 MAX_IDS_PER_STREAM = 10_000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1000
+_PROTO_ROLES = {TRAINING: dataset_pb2.SAMPLE_ROLE_TRAINING, REGULARIZATION: dataset_pb2.SAMPLE_ROLE_REGULARIZATION}
 
 SAMPLES_STREAMED = Counter("swarm_dataset_samples_streamed", "Samples sent by StreamSamples")
 BYTES_STREAMED = Counter("swarm_dataset_bytes_streamed", "Image bytes sent by StreamSamples")
@@ -164,9 +165,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
                     logger.warning(failure.message)
                     finished = True
                     self._refuse(context, failure.code, failure.reason, failure.message)
-                if still_allowed is not None and (error := still_allowed()) is not None:
-                    finished = True  # a revoked token's open stream ends here, within seconds
-                    self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "token_rejected", f"stream ended: {error}")
+                if still_allowed is not None and (ended := still_allowed()) is not None:
+                    finished = True  # a revoked token's or an ended lease's open stream ends here, within seconds
+                    self._refuse(context, ended.code, ended.reason, ended.message)
                 next_sample = next(todo, None)  # keep the window full before blocking on the send
                 if next_sample is not None:
                     pending.append(self.pool.submit(_prepare, self.storage, next_sample, as_stored=as_stored,
@@ -192,13 +193,14 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"after_id must be >= 0, got {request.after_id}")
         rows = self.index.list_refs(after_id=request.after_id, limit=limit + 1)
         return dataset_pb2.ListSamplesResponse(
-            samples=[dataset_pb2.SampleRef(sample_id=i, bucket_width=w, bucket_height=h) for i, w, h in rows[:limit]],
+            samples=[dataset_pb2.SampleRef(sample_id=i, bucket_width=w, bucket_height=h, role=_PROTO_ROLES[role])
+                     for i, w, h, role in rows[:limit]],
             has_more=len(rows) > limit)
 
     def GetStats(self, request, context):  # noqa: N802
         stats = self.index.stats()
         return dataset_pb2.DatasetStats(
-            samples=stats.samples, skipped=stats.skipped,
+            samples=stats.samples, skipped=stats.skipped, roles={r: stats.roles.get(r, 0) for r in ROLES},
             buckets=[dataset_pb2.BucketCount(width=w, height=h, count=n)
                      for (w, h), n in sorted(stats.buckets.items())])
 
