@@ -94,8 +94,10 @@ def start(wan: Wan, namespace: str, name: str, args: list[str], *, logs: Path, e
     command = [sys.executable, "-m", module] if module else swarm_command()
     argv = [*wan.exec_prefix(namespace), *command, *args, *(["--ready-file", str(ready_file)] if ready else [])]
     with open(log, "ab") as out:
+        # SWARM_INSECURE: plaintext gRPC between network namespaces of this one machine (a bench, no real WAN).
         popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})})
+                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+                                      "SWARM_INSECURE": "1", **(env or {})})
     return Proc(name=name, popen=popen, log=log, ready_file=ready_file)
 
 

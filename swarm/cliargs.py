@@ -96,3 +96,45 @@ def address_arg(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+# --- TLS: how a command's gRPC clients check the host, and whether plaintext off loopback is allowed ---------------
+
+def add_insecure_arg(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    """--insecure: allow plaintext gRPC off loopback (join tokens in the clear), for a network the operator trusts."""
+    what = ("serve plaintext gRPC on a non-loopback address, and dial other services in plaintext"
+            if server else "dial a non-loopback host in plaintext gRPC")
+    parser.add_argument("--insecure", action="store_true",
+                        help=f"{what}: join tokens cross the network in the clear, so only on a network you trust "
+                             f"(default: refused; env SWARM_INSECURE=1 does the same)")
+
+
+def add_client_tls_args(parser: argparse.ArgumentParser) -> None:
+    """--tls-fingerprint / --tls-ca-file / --insecure for a command that dials the host's services."""
+    parser.add_argument("--tls-fingerprint", default=None, metavar="SHA256",
+                        help="the host's TLS certificate fingerprint (sha256:...) to pin, as the join line from "
+                             "`swarm token create` gives it (default: env SWARM_TLS_FINGERPRINT)")
+    parser.add_argument("--tls-ca-file", default=None, metavar="PEM",
+                        help="trust the host's certificate through this CA file instead (env SWARM_TLS_CA_FILE)")
+    add_insecure_arg(parser, server=False)
+
+
+def use_tls_args(args: argparse.Namespace) -> None:
+    """Apply a command's TLS flags to every gRPC channel and server of this process (swarm.rpc reads them from the
+    environment: the trainer dials the dataset address the coordinator tells it with the same pin or CA file).
+    UsageError for a malformed fingerprint, a missing CA file or both given."""
+    import os
+
+    from swarm import tls
+    from swarm.errors import UsageError
+
+    try:
+        if getattr(args, "tls_fingerprint", None):
+            os.environ[tls.FINGERPRINT_ENV] = tls.normalize_fingerprint(args.tls_fingerprint)
+        if getattr(args, "tls_ca_file", None):
+            os.environ[tls.CA_FILE_ENV] = args.tls_ca_file
+        tls.ClientTls.from_env()  # checks the pair (one of them, the CA file exists)
+    except tls.TlsError as e:
+        raise UsageError(str(e)) from None
+    if getattr(args, "insecure", False):
+        os.environ[tls.INSECURE_ENV] = "1"

@@ -89,18 +89,18 @@ def make_server(*, max_workers: int = 16, interceptors: Iterable[grpc.ServerInte
     return server, health_servicer
 
 
-def bind(server: grpc.Server, address: str, *, tls_cert: str | None = None, tls_key: str | None = None) -> str:
+def bind(server: grpc.Server, address: str, *, tls_cert: str | None = None, tls_key: str | None = None,
+         insecure: bool | None = None) -> str:
     """Bind `host:port` (port 0 picks a free one) and return the address actually bound; TLS with `tls_cert` and
-    `tls_key` (PEM files, swarm.tls), else plaintext (a warning unless on loopback: tokens would cross in clear)."""
+    `tls_key` (PEM files, swarm.tls), else plaintext: only on loopback, or with `insecure` (None: $SWARM_INSECURE,
+    what --insecure sets); elsewhere TlsError saying what to pass (tokens would cross in the clear)."""
     host = address.rpartition(":")[0]
     if (tls_cert is None) != (tls_key is None):
         raise swarm_tls.TlsError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
     if tls_cert:
         bound = server.add_secure_port(address, swarm_tls.server_credentials(tls_cert, tls_key))
     else:
-        if not swarm_tls.is_loopback(host):
-            logger.warning(f"serving plaintext gRPC on {address}: join tokens cross the network in the clear; "
-                           f"serve TLS with --tls-cert/--tls-key (README, Run)")
+        _check_plaintext(address, server=True, insecure=insecure)
         bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not listen on {address}: is the port in use?")
@@ -112,11 +112,25 @@ def set_serving(health_servicer: health.HealthServicer, *services: str) -> None:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def channel(address: str, *, tls: "swarm_tls.ClientTls | None" = None) -> grpc.Channel:
+def _check_plaintext(address: str, *, server: bool, insecure: bool | None) -> None:
+    """TlsError unless plaintext at `address` is allowed: loopback, or insecure (None: $SWARM_INSECURE)."""
+    insecure = swarm_tls.insecure_from_env() if insecure is None else insecure
+    refusal = swarm_tls.plaintext_refusal(address, server=server)
+    if refusal is None:
+        return
+    if not insecure:
+        raise swarm_tls.TlsError(refusal)
+    logger.warning(f"plaintext gRPC {'served on' if server else 'to'} {address} (--insecure): join tokens cross "
+                   f"the network in the clear")
+
+
+def channel(address: str, *, tls: "swarm_tls.ClientTls | None" = None, insecure: bool | None = None) -> grpc.Channel:
     """A channel to `address`: TLS checked by `tls` (or $SWARM_TLS_FINGERPRINT / $SWARM_TLS_CA_FILE), else
-    plaintext. With a pinned fingerprint the server's certificate is fetched and checked first (TlsError)."""
+    plaintext, which only loopback or `insecure` (None: $SWARM_INSECURE) allows (TlsError saying what to pass).
+    With a pinned fingerprint the server's certificate is fetched and checked first (TlsError)."""
     tls = tls or swarm_tls.ClientTls.from_env()
     if tls is None:
+        _check_plaintext(address, server=False, insecure=insecure)
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     credentials, options = swarm_tls.channel_credentials(address, tls)
     return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS + options)

@@ -2,6 +2,8 @@
 
 The same `start_host` serves `swarm demo` and the end-to-end tests, on loopback with port 0. In Docker Compose each
 service runs in its own container instead; this command is for hosts without Docker and for trying things out.
+Off loopback the coordinator and the dataset service serve TLS with a self-signed certificate made once in the data
+folder (tls.crt, tls.key), whose fingerprint volunteers pin, unless `insecure` (plaintext, tokens in the clear).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class HostServices:
     coordinator_address: str = ""
     dataset_address: str = ""
     status_url: str = ""  # the coordinator's public status page; empty when it serves none
+    tls_fingerprint: str | None = None  # of the certificate both gRPC services serve; None: plaintext
 
     @property
     def processes(self) -> list[ServiceProcess]:
@@ -59,12 +62,13 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
                metrics_ports: tuple[int, int, int] = (9100, 9101, 9103), metrics_host: str | None = None,
                lease_ttl: float | None = None,
                peer_ttl: float | None = None, heartbeat_interval: float | None = None,
-               status_port: int | None = 8080, token_contact: str | None = None,
+               status_port: int | None = 8080, token_contact: str | None = None, insecure: bool = False,
                ready_timeout: float = 120.0) -> HostServices:
     """Start bootstrap DHT, coordinator and dataset service; return once all three serve.
 
     `status_port` (None: off, 0: a free one) is the coordinator's public status page. `metrics_host` is where the
-    three /metrics servers listen (None: each service's default, loopback unless $SWARM_METRICS_HOST).
+    three /metrics servers listen (None: each service's default, loopback unless $SWARM_METRICS_HOST). Off loopback
+    the gRPC services serve TLS (see the module) unless `insecure`.
     """
     # The coordinator and the dataset service each need the other's address before either is up, so port 0 is
     # resolved to a free port here rather than by the services themselves.
@@ -80,6 +84,8 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
     metrics_host_args = ["--metrics-host", metrics_host] if metrics_host else []
     # Where the coordinator reads the bootstrap DHT's /multiaddrs: that interface, or loopback for a wildcard.
     metrics_reach = LOOPBACK if metrics_host in (None, "", "0.0.0.0", "::") else metrics_host
+    tls_args, tls_env, fingerprint = _host_tls(workdir, bind_host=bind_host, public_host=public_host,
+                                               insecure=insecure)
 
     started: list[ServiceProcess] = []
     try:
@@ -100,7 +106,7 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
             *(["--run-id", run_id] if run_id else []),
             "--dataset", f"127.0.0.1:{dataset_port}", "--metrics-port", str(coordinator_metrics),
             "--bootstrap-peers-url", f"http://{metrics_reach}:{bootstrap.info['metrics_port']}/multiaddrs",
-            *metrics_host_args,
+            *metrics_host_args, *tls_args,
         ]
         for flag, value in (("--config", config_path), ("--lease-ttl", lease_ttl), ("--peer-ttl", peer_ttl),
                             ("--heartbeat-interval", heartbeat_interval), ("--status-port", status_port),
@@ -109,7 +115,7 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
                 coordinator_args += [flag, str(value)]
         if status_port is not None and public_host:  # the page's join line shows the address volunteers dial
             coordinator_args += ["--public-address", f"{public_host}:{coordinator_port}"]
-        coordinator = start_service("coordinator", coordinator_args, workdir=logs)
+        coordinator = start_service("coordinator", coordinator_args, workdir=logs, env=tls_env)
         started.append(coordinator)
         coordinator_address = _connect_address(coordinator.wait_ready(timeout=ready_timeout)["grpc_address"],
                                                "127.0.0.1")
@@ -118,9 +124,9 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         dataset = start_service("dataset", [
             "dataset", "serve", "--listen", f"{bind_host}:{dataset_port}", "--index", index_path,
             "--storage", storage, "--coordinator", coordinator_address, "--metrics-port", str(dataset_metrics),
-            *metrics_host_args,
+            *metrics_host_args, *tls_args,
             *(["--s3-endpoint-url", s3_endpoint_url] if s3_endpoint_url else []),
-        ], workdir=logs)
+        ], workdir=logs, env=tls_env)
         started.append(dataset)
         dataset_address = _connect_address(dataset.wait_ready(timeout=ready_timeout)["grpc_address"], public_host)
     except BaseException:
@@ -129,7 +135,27 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         raise
     return HostServices(workdir=workdir, bootstrap=bootstrap, coordinator=coordinator, dataset=dataset,
                         bootstrap_maddrs=maddrs, coordinator_address=coordinator_address,
-                        dataset_address=dataset_address, status_url=status_url)
+                        dataset_address=dataset_address, status_url=status_url, tls_fingerprint=fingerprint)
+
+
+def _host_tls(workdir: Path, *, bind_host: str, public_host: str | None,
+              insecure: bool) -> tuple[list[str], dict[str, str], str | None]:
+    """(service flags, service environment, fingerprint) for the two gRPC services. Loopback: plaintext, nothing to
+    set up (the demo, tests). Elsewhere: TLS with the data folder's self-signed pair, made at the first start and
+    kept (volunteers' join lines pin it); the services dial each other over loopback with it as their CA. With
+    `insecure`: plaintext off loopback, which the services refuse without --insecure."""
+    from swarm import tls
+
+    if tls.is_loopback(bind_host):
+        return [], {}, None
+    if insecure:
+        return ["--insecure"], {}, None
+    cert, key = str(workdir / "tls.crt"), str(workdir / "tls.key")
+    names = tls.certificate_names([public_host or "", "localhost", "127.0.0.1"])
+    fingerprint = tls.make_self_signed(cert, key, hostnames=names)
+    # The children's own clients (the dataset service checking tokens, the coordinator syncing the index) dial
+    # 127.0.0.1, which the certificate names; a pin the user exported for other hosts must not override it.
+    return ["--tls-cert", cert, "--tls-key", key], {tls.CA_FILE_ENV: cert, tls.FINGERPRINT_ENV: ""}, fingerprint
 
 
 def register(subparsers) -> None:
@@ -167,6 +193,10 @@ def register(subparsers) -> None:
     p.add_argument("--token-contact", metavar="TEXT",
                    help="where newcomers ask for a join token (a URL, a chat channel), shown on the status page")
     p.add_argument("--ready-file", help="write the addresses as JSON once every service serves")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve plaintext gRPC off loopback (join tokens in the clear; only on a network you trust); "
+                        "default: TLS with a self-signed certificate made once in DATA_DIR (tls.crt), whose "
+                        "fingerprint volunteers pass as --tls-fingerprint")
     p.set_defaults(func=run)
 
 
@@ -188,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                           dht_announce_maddrs=args.dht_announce_maddrs, metrics_ports=tuple(args.metrics_ports),
                           metrics_host=args.metrics_host,
                           status_port=None if args.no_status_page else args.status_port,
-                          token_contact=args.token_contact)
+                          token_contact=args.token_contact, insecure=args.insecure)
     except (RuntimeError, TimeoutError) as e:  # a service that would not start says why in its log tail
         logger.error(f"the host services did not start: {e}")
         return 1
@@ -196,14 +226,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     write_ready_file(args.ready_file, coordinator=host.coordinator_address, dataset=host.dataset_address,
                      bootstrap_maddrs=host.bootstrap_maddrs, metrics_ports=host.metrics_ports(),
-                     status_url=host.status_url)
+                     status_url=host.status_url, tls_fingerprint=host.tls_fingerprint)
     print(f"swarm host is up.\n  coordinator: {host.coordinator_address}\n  dataset:     {host.dataset_address}\n"
           f"  bootstrap:   {' '.join(host.bootstrap_maddrs)}\n"
           + (f"  status page: {host.status_url}\n" if host.status_url else "") +
           f"Create a join token:  swarm token create --db {host.workdir / 'coordinator.sqlite'} --name NAME\n"
           f"Peers join with:      swarm train --coordinator "
           f"{args.public_host or 'HOST'}:{host.coordinator_address.rpartition(':')[2]} "
-          f"--token TOKEN", flush=True)
+          f"--token TOKEN" + (f" --tls-fingerprint {host.tls_fingerprint}" if host.tls_fingerprint else ""),
+          flush=True)
     try:
         while True:
             dead = [p.name for p in host.processes if p.popen.poll() is not None]

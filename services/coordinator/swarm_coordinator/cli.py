@@ -7,7 +7,15 @@ import os
 import sys
 import time
 
-from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg, positive_int_arg
+from swarm.cliargs import (
+    add_client_tls_args,
+    add_insecure_arg,
+    address_arg,
+    int_range_arg,
+    port_arg,
+    positive_float_arg,
+    positive_int_arg,
+)
 from swarm.metrics import add_metrics_host_arg
 from swarm.runconfig import RESTART_KEYS
 from swarm_coordinator.limits import Limits
@@ -32,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (with --tls-key); clients pin "
                                                     "its fingerprint (`python -m swarm.tls` makes one, prints it)")
     p.add_argument("--tls-key", metavar="PEM", help="the TLS certificate's private key")
+    add_insecure_arg(p, server=True)
     p.add_argument("--max-peers-per-token", type=positive_int_arg, default=64,
                    help="live peers one join token may register (default: %(default)s)")
     p.add_argument("--max-leases-per-peer", type=positive_int_arg, default=64,
@@ -106,6 +115,10 @@ def register(subparsers) -> None:
     create.add_argument("--join-image", default=os.environ.get("SWARM_JOIN_IMAGE") or None, metavar="IMAGE",
                         help="the trainer image in the join lines (default: env SWARM_JOIN_IMAGE, else "
                              "swarm-diffusion/trainer:0.1.0)")
+    create.add_argument("--tls-cert", default=os.environ.get("SWARM_TLS_CERT") or None, metavar="PEM",
+                        help="the certificate the host serves: the join lines pin its fingerprint (default: env "
+                             "SWARM_TLS_CERT, which docker-compose.yml sets, else tls.crt beside --db, which "
+                             "`swarm host` makes; none: lines without a pin, for a plaintext loopback host)")
     create.set_defaults(func=run_token_create)
     listing = token_sub.add_parser("list", help="list tokens (names and first characters, never the tokens)")
     listing.add_argument("--db", default=DEFAULT_DB, help="coordinator database (default: %(default)s)")
@@ -147,14 +160,17 @@ def register(subparsers) -> None:
     status.add_argument("--token", default=None, help="join token (default: env SWARM_TOKEN)")
     status.add_argument("--json", action="store_true", help="print the progress as JSON")
     status.add_argument("--timeout", type=positive_float_arg, default=10.0, help="seconds to wait for an answer")
+    add_client_tls_args(status)
     status.set_defaults(func=run_status)
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
+    from swarm.cliargs import use_tls_args
     from swarm.errors import UsageError
     from swarm_coordinator.server import serve
     from swarm_coordinator.store import DatabaseInUse
 
+    use_tls_args(args)  # --insecure: plaintext on a non-loopback --listen and to the dataset service
     if args.config and not os.path.isfile(args.config):
         raise UsageError(f"--config {args.config} does not exist")
     if args.dataset_public_address and not args.dataset:
@@ -231,12 +247,23 @@ def run_token_create(args: argparse.Namespace) -> int:
     if args.join_address:
         from swarm_coordinator.joinline import DEFAULT_JOIN_IMAGE, join_lines
 
-        lines = join_lines(token, coordinator=args.join_address, image=args.join_image or DEFAULT_JOIN_IMAGE)
+        lines = join_lines(token, coordinator=args.join_address, image=args.join_image or DEFAULT_JOIN_IMAGE,
+                           tls_fingerprint=_host_fingerprint(args.tls_cert, db=args.db))
         # stderr, like the note above: stdout stays the bare token for scripts.
         print("\nThe volunteer joins with one line (README \"Join a swarm\"):", file=sys.stderr)
         for situation, line in lines.items():
             print(f"# {situation}\n{line}", file=sys.stderr)
     return 0
+
+
+def _host_fingerprint(cert_path: str | None, *, db: str) -> str | None:
+    """The fingerprint volunteers pin: of `cert_path`, else of tls.crt beside the database (`swarm host`)."""
+    from swarm import tls
+
+    beside_db = os.path.join(os.path.dirname(os.path.abspath(db)), "tls.crt")
+    if cert_path is None and os.path.isfile(beside_db):
+        cert_path = beside_db
+    return tls.fingerprint_of_file(cert_path) if cert_path else None
 
 
 def run_token_list(args: argparse.Namespace) -> int:
@@ -298,9 +325,11 @@ def run_status(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from swarm.cliargs import use_tls_args
     from swarm.errors import UsageError
     from swarm_coordinator.status import describe_rpc_error, fetch_progress, format_progress
 
+    use_tls_args(args)
     try:
         progress = fetch_progress(args.coordinator, token=args.token or os.environ.get("SWARM_TOKEN"),
                                   timeout=args.timeout)

@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 
-from swarm.cliargs import port_arg, positive_float_arg, positive_int_arg
+from swarm.cliargs import add_insecure_arg, port_arg, positive_float_arg, positive_int_arg
 from swarm.metrics import add_metrics_host_arg
 
 
@@ -89,6 +89,7 @@ def register(subparsers) -> None:
                        help="check every caller's join token with this coordinator (without it the service is open)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (with --tls-key)")
     serve.add_argument("--tls-key", metavar="PEM", help="the TLS certificate's private key")
+    add_insecure_arg(serve, server=True)
     serve.add_argument("--streams-per-token", type=positive_int_arg, default=8,
                        help="concurrent StreamSamples calls one join token may have open (with --coordinator)")
     serve.add_argument("--metrics-port", type=port_arg, default=9101,
@@ -185,10 +186,12 @@ def _run_ingest(args) -> int:
 
 
 def _run_serve(args) -> int:
+    from swarm.cliargs import use_tls_args
     from swarm.errors import UsageError
     from swarm_dataset.server import serve
     from swarm_dataset.storage import StorageError
 
+    use_tls_args(args)  # --insecure: plaintext on a non-loopback --listen and to the coordinator
     try:
         return serve(index_path=args.index, listen=args.listen, storage_url=args.storage,
                      s3_endpoint_url=args.s3_endpoint_url, coordinator=args.coordinator,

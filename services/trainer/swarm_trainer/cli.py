@@ -5,7 +5,14 @@ import argparse
 import os
 from pathlib import Path
 
-from swarm.cliargs import address_arg, int_range_arg, port_arg, positive_float_arg, positive_int_arg
+from swarm.cliargs import (
+    add_client_tls_args,
+    address_arg,
+    int_range_arg,
+    port_arg,
+    positive_float_arg,
+    positive_int_arg,
+)
 from swarm.metrics import add_metrics_host_arg
 
 COMPRESSIONS = ("none", "fp16", "8bit", "adaptive")  # swarm_trainer.swarm.COMPRESSIONS, without importing torch
@@ -21,11 +28,8 @@ def register(subparsers) -> None:
                     "checkpoints under OUTPUT/checkpoints/. SIGTERM/Ctrl-C releases leases, saves and leaves.")
     p.add_argument("--coordinator", required=True, type=address_arg, help="HOST:PORT of the coordinator")
     p.add_argument("--token", default=None, help="join token (default: env SWARM_TOKEN)")
-    p.add_argument("--tls-fingerprint", default=None, metavar="SHA256",
-                   help="the host's TLS certificate fingerprint (sha256:...) to pin for the coordinator and the "
-                        "dataset service (default: env SWARM_TLS_FINGERPRINT; neither: plaintext)")
-    p.add_argument("--tls-ca-file", default=None, metavar="PEM",
-                   help="trust the host's certificate through this CA file instead (env SWARM_TLS_CA_FILE)")
+    # --tls-fingerprint / --tls-ca-file / --insecure: one pin for the coordinator and the dataset service it names
+    add_client_tls_args(p)
     p.add_argument("--output-dir", default="./runs/train", help="where checkpoints and summary.json go "
                                                                 "(default: %(default)s)")
     p.add_argument("--name", default="", help="name shown in the swarm's status (default: the host name)")
@@ -203,19 +207,9 @@ def run_export(args) -> int:
 
 def _use_tls(args) -> None:
     """Every gRPC channel of this process (coordinator, dataset) reads the pin from the environment (swarm.rpc)."""
-    import os
+    from swarm.cliargs import use_tls_args
 
-    from swarm import tls
-    from swarm.errors import UsageError
-
-    try:
-        if getattr(args, "tls_fingerprint", None):
-            os.environ[tls.FINGERPRINT_ENV] = tls.normalize_fingerprint(args.tls_fingerprint)
-        if getattr(args, "tls_ca_file", None):
-            os.environ[tls.CA_FILE_ENV] = args.tls_ca_file
-        tls.ClientTls.from_env()  # checks the pair (one of them, the CA file exists)
-    except tls.TlsError as e:
-        raise UsageError(str(e)) from None
+    use_tls_args(args)
 
 
 def run_train(args) -> int:
