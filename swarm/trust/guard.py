@@ -7,7 +7,9 @@ THE interface (the sync backend and the DiLoCo averager both use it):
     cls = averager_class(hivemind.averaging.DecentralizedAverager, settings)  # or GradientAverager, your subclass
     averager = cls(tensors, dht=dht, prefix=..., start=True, ...)               # same arguments as the base class
     optimizer = optimizer_class(settings)(dht=dht, run_id=..., ...)            # hivemind.Optimizer, both averagers
-    averager.trust_stats()  # {peer_id: {"token": name, "accepted": n, "clipped": n, "dropped": n, "refused": n}}
+    averager.trust_stats()  # {peer_id: {"token": name, "accepted": n, "clipped": n, "dropped": n, "refused": n,
+                            #            "weight": total weight accepted}}
+    averager.set_weight_budgets(budgets)  # swarm.trust.budget.WeightBudgets, every heartbeat (optimizer too)
 
 With `settings.enabled` False (or settings None) these return hivemind's own classes, untouched.
 
@@ -20,7 +22,9 @@ What the guard does, in the averager's own process (hivemind 1.1.12 runs each av
   and its answers are ignored (the round goes on for the honest peers).
 - matchmaking never asks a peer without a credential (or a banned one) to lead its group;
 - before an all-reduce, every groupmate must hold a credential (a credentialed leader cannot smuggle an outsider in);
-  the all-reduce runs `RobustAllReduceRunner`, with each sender's weight capped by its credential's `max_weight`.
+  the all-reduce runs `RobustAllReduceRunner`, with each sender's weight capped by its credential's `max_weight` and
+  by what is left of its weight budget (swarm.trust.budget; the trainer hands fresh budgets in with
+  `set_weight_budgets` every heartbeat; without fresh ones only the per-round caps apply).
 - a downloaded state must come from a credentialed peer, be finite, and be within `max_state_distance` x the local
   norm of the local copy; otherwise the next peer is tried.
 The guarded class keeps its base class's name: hivemind derives RPC handle names from the class name, so guarded and
@@ -51,6 +55,7 @@ from hivemind.utils.streaming import combine_from_streaming
 
 from swarm.logs import get_logger
 from swarm.trust.admission import AdmissionCache, TrustSettings
+from swarm.trust.budget import WeightBudgets, WeightLedger
 from swarm.trust.reducer import RobustAllReduceRunner
 from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER
 
@@ -69,6 +74,7 @@ class AveragerGuard:
         self._trust_counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
         self._trust_tokens: dict[str, str] = {}
         self._banned_until: dict[str, float] = {}
+        self._weight_ledger, self._weight_budgets, self._budgets_were_fresh = WeightLedger(), None, None
         super().__init__(*args, **kwargs)
 
     # hivemind creates its Matchmaking inside the averager process with no hook; this setter makes it a guarded one.
@@ -91,8 +97,28 @@ class AveragerGuard:
         return future.result(timeout=timeout)
 
     async def _get_trust_stats(self, future: MPFuture):
-        future.set_result({peer: dict(counts, token=self._trust_tokens.get(peer, ""))
+        future.set_result({peer: dict(counts, token=self._trust_tokens.get(peer, ""),
+                                      weight=self._weight_ledger.accepted.get(peer, 0.0))
                            for peer, counts in self._trust_counts.items()})
+
+    def set_weight_budgets(self, budgets: WeightBudgets) -> None:
+        """Hand the averager process fresh weight budgets (swarm.trust.budget); returns at once."""
+        self._outer_pipe.send(("_set_weight_budgets", [budgets], {}))
+
+    async def _set_weight_budgets(self, budgets: WeightBudgets):
+        self._weight_budgets = budgets
+
+    def _fresh_weight_budgets(self) -> WeightBudgets | None:
+        """The budgets to cap claims with, or None (never given, or stale: logged once per change)."""
+        budgets = self._weight_budgets
+        fresh = budgets is not None and budgets.fresh()
+        if budgets is not None and fresh != self._budgets_were_fresh:
+            logger.log(logging.INFO if fresh else logging.WARNING,
+                       f"{self.prefix}: claims capped by the coordinator's weight budgets" if fresh else
+                       f"{self.prefix}: weight budgets are {time.time() - budgets.fetched_at:.0f} s old (coordinator "
+                       f"unreachable?): capping claims by the credential and the round's median only")
+            self._budgets_were_fresh = fresh
+        return budgets if fresh else None
 
     def _count(self, peer: PeerID, what: str, n: int = 1) -> None:
         self._trust_counts[peer.to_base58()][what] += n
@@ -178,6 +204,7 @@ class AveragerGuard:
         # A base averager may change what its all-reduce sends (DiLoCo's averages-not-differences): build on it.
         runner_class = getattr(self, "allreduce_runner_class", lambda base: base)(RobustAllReduceRunner)
         runner = runner_class(rules=self._trust.rules, weight_caps=caps, excluded=excluded, p2p=self._p2p,
+                              ledger=self._weight_ledger, budgets=self._fresh_weight_budgets(),
                               servicer_type=type(self), prefix=self.prefix, tensors=tensors,
                               group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
         assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
@@ -346,6 +373,12 @@ def _guarded_optimizer(settings: TrustSettings) -> type:
                            custom_gradients=self.offload_optimizer, status_loglevel=self.status_loglevel,
                            next_chunk_timeout=self.next_chunk_timeout, client_mode=self.client_mode,
                            auxiliary=self.auxiliary, start=True, **kwargs)
+
+        def set_weight_budgets(self, budgets) -> None:
+            """Fresh weight budgets (swarm.trust.budget) for both averagers."""
+            for averager in (self.grad_averager, self.state_averager):
+                if averager is not None and hasattr(averager, "set_weight_budgets"):
+                    averager.set_weight_budgets(budgets)
 
         def trust_stats(self) -> dict[str, dict]:
             """Counts from both averagers, summed per peer."""

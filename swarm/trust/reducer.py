@@ -3,12 +3,15 @@
 hivemind's `TensorPartReducer` adds each sender's part into one accumulator as it arrives and divides by the claimed
 weights. `RobustTensorPartReducer` keeps the parts of the current part index instead and, once every live sender
 has sent it, combines them with `swarm.trust.robust.robust_average` (drop non-finite, cap weights, CenteredClip).
+Each sender's claim is capped by what is left of its weight budget (swarm.trust.budget) and what it was allowed is
+charged to this averager's WeightLedger as soon as a part of it counts.
 Every sender still gets back `average - its part`, exactly as hivemind's protocol expects, so guarded and plain
 peers speak the same wire protocol. This mirrors where hivemind's unmerged `centered-clip` branch hooks in.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Mapping, Sequence, Set
 
 import torch
@@ -16,21 +19,27 @@ from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartContainer, TensorPartReducer
 from hivemind.p2p import PeerID
 
-from swarm.trust.robust import DROPPED, RobustRules, RoundVerdicts, reducer_result_ok, robust_average
+from swarm.trust.budget import WeightBudgets, WeightLedger
+from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, RobustRules, RoundVerdicts, reducer_result_ok, robust_average
 
 
 class RobustTensorPartReducer(TensorPartReducer):
     """A TensorPartReducer that combines each part with the robust rules.
 
-    :param caps: per sender index, the most weight that sender may claim (0 = no cap from the coordinator).
+    :param caps: per sender index, the most weight that sender may claim this round (inf or None: no cap).
     :param excluded: per sender index, True for a banned sender: its parts are dropped unread.
+    :param ledger: with `sender_ids`, where the weight each sender was allowed is charged once per round (the
+      larger of its capped claims over the parts of it that counted).
     """
 
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, *, rules: RobustRules,
-                 caps: Sequence[float], excluded: Sequence[bool] = ()):
+                 caps: Sequence[float | None], excluded: Sequence[bool] = (), ledger: WeightLedger | None = None,
+                 sender_ids: Sequence[str] = ()):
         self.rules, self.caps = rules, list(caps)
         self.excluded = list(excluded) or [False] * num_senders
         self.verdicts = RoundVerdicts(num_senders)
+        self.ledger, self.sender_ids = ledger, list(sender_ids)
+        self.charged = [0.0] * num_senders  # weight charged to the ledger this round, per sender
         self._inputs: dict[int, tuple[torch.Tensor, float]] = {}
         self._combining = False
         super().__init__(part_shapes, num_senders)
@@ -102,6 +111,8 @@ class RobustTensorPartReducer(TensorPartReducer):
         by_sender: list[str | None] = [DROPPED if i in inputs else None for i in range(self.num_senders)]
         for i, verdict in zip(senders, verdicts):
             by_sender[i] = verdict
+            if verdict in (ACCEPTED, CLIPPED):
+                self._charge(i, inputs[i][1])
         self.verdicts.record(by_sender)
         if average is None:
             future.set_exception(error)
@@ -109,6 +120,16 @@ class RobustTensorPartReducer(TensorPartReducer):
         else:
             future.set_result(average)
         self.reset_accumulators()
+
+    def _charge(self, sender: int, claimed: float) -> None:
+        """Charge what this sender was allowed (its claim, capped) to the ledger, once per round."""
+        if self.ledger is None or sender >= len(self.sender_ids) or not math.isfinite(claimed):
+            return
+        cap = self.caps[sender]
+        allowed = max(0.0, min(claimed, math.inf if cap is None else cap))
+        if allowed > self.charged[sender]:
+            self.ledger.charge(self.sender_ids[sender], allowed - self.charged[sender])
+            self.charged[sender] = allowed
 
 
 class CheckedTensorPartContainer(TensorPartContainer):
@@ -134,17 +155,28 @@ class CheckedTensorPartContainer(TensorPartContainer):
 
 
 class RobustAllReduceRunner(AllReduceRunner):
-    """hivemind's AllReduceRunner with a RobustTensorPartReducer; `verdicts_by_peer()` after the round."""
+    """hivemind's AllReduceRunner with a RobustTensorPartReducer; `verdicts_by_peer()` after the round.
+
+    :param weight_caps: per peer, the most weight it may claim in any round (its credential's max_weight).
+    :param ledger: this averager's WeightLedger; with fresh `budgets`, each other sender's claim is also capped by
+      what is left of its budget, and what it was allowed is charged. No budgets (or stale ones): per-round caps only.
+    """
 
     def __init__(self, *, rules: RobustRules, weight_caps: Mapping[PeerID, float], excluded: Set[PeerID] = frozenset(),
-                 **kwargs):
+                 ledger: WeightLedger | None = None, budgets: WeightBudgets | None = None, **kwargs):
         super().__init__(**kwargs)
         plain = self.tensor_part_reducer
         plain.finished.set()  # discard hivemind's reducer silently (its finalize would log "received 0%")
+        sender_ids = [peer.to_base58() for peer in self.sender_peer_ids]
+        others = [peer_id for peer, peer_id in zip(self.sender_peer_ids, sender_ids) if peer != self.peer_id]
+        budget_caps = (ledger.caps(others, budgets) if ledger is not None else None) or {}
+        # Our own claim is never capped by a budget: it is our own count, and the coordinator's view of us may lag.
+        self.weight_caps = [min(float(weight_caps.get(peer, math.inf)), budget_caps.get(peer_id, math.inf))
+                            for peer, peer_id in zip(self.sender_peer_ids, sender_ids)]
         self.tensor_part_reducer = RobustTensorPartReducer(
             tuple(part.shape for part in self.parts_for_local_averaging), len(self.sender_peer_ids), rules=rules,
-            caps=[float(weight_caps.get(peer, 0.0)) for peer in self.sender_peer_ids],
-            excluded=[peer in excluded for peer in self.sender_peer_ids])
+            caps=self.weight_caps, excluded=[peer in excluded for peer in self.sender_peer_ids],
+            ledger=ledger, sender_ids=sender_ids)
         # hivemind builds the container inside AllReduceRunner.__init__ with no hook, and the local parts already
         # point into it, so the checked behaviour is switched on in place (the subclass adds no state of its own).
         container = self.tensor_part_container

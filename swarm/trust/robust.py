@@ -4,8 +4,9 @@ hivemind adds what it receives with a plain weighted mean, using the weight each
 sender's part counts:
 1. a part with NaN/Inf (or a non-finite / negative weight), or one absurdly far from the others (x1e6), is dropped
    and counted;
-2. the claimed weight is capped: by what the coordinator allows that peer (its credential's `max_weight`) and by a
-   multiple of the round's median claim, so no peer can claim a million samples;
+2. the claimed weight is capped: by what is left of the peer's weight budget (swarm.trust.budget: samples the
+   coordinator credited and leased it, less the weight already accepted from it), by its credential's `max_weight`
+   (one round's target batch) and by a multiple of the round's median claim, so no peer can claim a million samples;
 3. the parts are combined with CenteredClip (Gorbunov et al., "Secure Distributed Training at Scale", ICML 2022):
    start from the coordinate-wise median, then a few times move the centre by the weighted mean of each input's
    difference from it, each difference clipped to norm tau. tau is a multiple of the median distance of the inputs
@@ -73,16 +74,24 @@ def first_non_finite(named_tensors) -> str | None:
     return None
 
 
-def capped_weights(weights: Sequence[float], *, caps: Sequence[float], rules: RobustRules) -> list[float]:
-    """Each claimed weight cut to its cap (0 = no cap) and to `weight_cap_multiple` x the median claim.
+def capped_weights(weights: Sequence[float], *, caps: Sequence[float | None], rules: RobustRules) -> list[float]:
+    """Each claimed weight cut to its cap and to `weight_cap_multiple` x the median claim.
 
-    Only usable claims (finite, >= 0) are passed in; the median is over them, so one huge claim cannot raise it.
+    A cap is the most that sender may claim (swarm.trust.budget and the credential's max_weight; 0 is a real cap: an
+    exhausted budget); None or inf means no cap. Only usable claims (finite, >= 0) are passed in; the median is over
+    the claims, so one huge claim cannot raise it.
     """
     if not weights:
         return []
     median = _median([float(w) for w in weights])
     relative_cap = rules.weight_cap_multiple * median if median > 0 else math.inf
-    return [min(float(w), cap if cap > 0 else math.inf, relative_cap) for w, cap in zip(weights, caps)]
+    return [min(float(w), _cap(cap), relative_cap) for w, cap in zip(weights, caps)]
+
+
+def _cap(cap: float | None) -> float:
+    if cap is None or math.isnan(cap):
+        return math.inf
+    return max(0.0, float(cap))
 
 
 def far_outliers(parts: Sequence[torch.Tensor], *, rules: RobustRules) -> list[bool]:
@@ -143,14 +152,15 @@ def _centered_clip(stacked: torch.Tensor, weights: Sequence[float], *, rules: Ro
     return centre, clipped
 
 
-def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *, caps: Sequence[float] | None = None,
+def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
+                   caps: Sequence[float | None] | None = None,
                    rules: RobustRules = RobustRules()) -> tuple[torch.Tensor | None, list[str]]:
     """Combine one part from every sender: (average or None when no sender is usable, verdict per sender).
 
     verdicts: "dropped" (non-finite values or weight, or a far outlier), "clipped" (CenteredClip cut its
     difference), else "accepted".
     """
-    caps = list(caps) if caps is not None else [0.0] * len(parts)
+    caps = list(caps) if caps is not None else [None] * len(parts)
     if len(caps) != len(parts) or len(weights) != len(parts):
         raise ValueError("parts, weights and caps must have one entry per sender")
     verdicts = [ACCEPTED] * len(parts)

@@ -53,11 +53,12 @@ def test_one_bad_sender_among_three_honest(attack):
 
 def test_claimed_weight_is_capped_by_credential_and_by_median():
     rules = RobustRules(weight_cap_multiple=4.0)
-    assert capped_weights([8.0, 8.0, 1e6], caps=[0, 0, 0], rules=rules) == [8.0, 8.0, 32.0]
-    assert capped_weights([8.0, 8.0, 20.0], caps=[0, 0, 10.0], rules=rules) == [8.0, 8.0, 10.0]
+    assert capped_weights([8.0, 8.0, 1e6], caps=[None, math.inf, None], rules=rules) == [8.0, 8.0, 32.0]
+    assert capped_weights([8.0, 8.0, 20.0], caps=[None, None, 10.0], rules=rules) == [8.0, 8.0, 10.0]
+    assert capped_weights([8.0, 8.0, 20.0], caps=[None, None, 0.0], rules=rules) == [8.0, 8.0, 0.0]  # no budget left
     # A huge claim with an honest-looking part: the result stays near the honest mean.
     _, parts = honest_parts()
-    average, _ = robust_average(parts + [parts[0] * 3], [1.0, 1.0, 1.0, 1e6], caps=[0, 0, 0, 1.0])
+    average, _ = robust_average(parts + [parts[0] * 3], [1.0, 1.0, 1.0, 1e6], caps=[None, None, None, 1.0])
     assert (average - sum(parts) / 3).norm() < 0.2 * parts[0].norm()
 
 
