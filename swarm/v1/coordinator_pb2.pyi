@@ -106,7 +106,7 @@ class GetConfigRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "chunk_id", "sample_ids", "deadline_unix_ms", "times_trained", "bucket_width", "bucket_height")
+    __slots__ = ("lease_id", "chunk_id", "sample_ids", "deadline_unix_ms", "times_trained", "bucket_width", "bucket_height", "reg_sample_ids")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class Lease(_message.Message):
     TIMES_TRAINED_FIELD_NUMBER: _ClassVar[int]
     BUCKET_WIDTH_FIELD_NUMBER: _ClassVar[int]
     BUCKET_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REG_SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     chunk_id: int
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -121,7 +122,8 @@ class Lease(_message.Message):
     times_trained: int
     bucket_width: int
     bucket_height: int
-    def __init__(self, lease_id: _Optional[str] = ..., chunk_id: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., deadline_unix_ms: _Optional[int] = ..., times_trained: _Optional[int] = ..., bucket_width: _Optional[int] = ..., bucket_height: _Optional[int] = ...) -> None: ...
+    reg_sample_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lease_id: _Optional[str] = ..., chunk_id: _Optional[int] = ..., sample_ids: _Optional[_Iterable[int]] = ..., deadline_unix_ms: _Optional[int] = ..., times_trained: _Optional[int] = ..., bucket_width: _Optional[int] = ..., bucket_height: _Optional[int] = ..., reg_sample_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LeaseChunksRequest(_message.Message):
     __slots__ = ("peer_id", "max_chunks", "config_version")
@@ -316,7 +318,7 @@ class GetProgressRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training", "contributions", "credentials")
+    __slots__ = ("samples_done", "data_epochs_done", "chunks_total", "chunks_queued", "chunks_leased", "chunks_done", "peers_alive", "swarm_epoch", "config_version", "run_complete", "peers", "max_data_epochs", "lr", "lr_total_steps", "samples_total", "samples_pending", "swarm_epoch_min", "peers_training", "contributions", "credentials", "reg_samples_done", "reg_samples_total")
     SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
     DATA_EPOCHS_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +339,8 @@ class Progress(_message.Message):
     PEERS_TRAINING_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    REG_SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
+    REG_SAMPLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     samples_done: int
     data_epochs_done: int
     chunks_total: int
@@ -357,7 +361,9 @@ class Progress(_message.Message):
     peers_training: int
     contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
     credentials: _containers.RepeatedCompositeFieldContainer[CredentialCount]
-    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., credentials: _Optional[_Iterable[_Union[CredentialCount, _Mapping]]] = ...) -> None: ...
+    reg_samples_done: int
+    reg_samples_total: int
+    def __init__(self, samples_done: _Optional[int] = ..., data_epochs_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., chunks_queued: _Optional[int] = ..., chunks_leased: _Optional[int] = ..., chunks_done: _Optional[int] = ..., peers_alive: _Optional[int] = ..., swarm_epoch: _Optional[int] = ..., config_version: _Optional[int] = ..., run_complete: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., max_data_epochs: _Optional[int] = ..., lr: _Optional[float] = ..., lr_total_steps: _Optional[int] = ..., samples_total: _Optional[int] = ..., samples_pending: _Optional[int] = ..., swarm_epoch_min: _Optional[int] = ..., peers_training: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., credentials: _Optional[_Iterable[_Union[CredentialCount, _Mapping]]] = ..., reg_samples_done: _Optional[int] = ..., reg_samples_total: _Optional[int] = ...) -> None: ...
 
 class CredentialCount(_message.Message):
     __slots__ = ("peer_id", "token_name", "issued", "refused")
