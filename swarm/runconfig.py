@@ -74,6 +74,11 @@ class RunConfig:
     pseudo_grad_compression: str = "int8"  # diloco: none | fp16 | int8 | topk (blocks with error feedback)
     topk_fraction: float = 0.015625  # diloco topk: the share of values sent per round (1/64)
     outer_overlap: bool = True  # diloco: apply each round's average one round late (the all-reduce overlaps compute)
+    # DreamBooth-style prior preservation (`swarm ingest --role regularization`): the share of each leased chunk's
+    # samples drawn from the regularization set (0: off; 0.5 pairs every training sample with one, as diffusers'
+    # train_dreambooth.py does), and the weight of their loss: instance loss + prior_loss_weight * prior loss.
+    reg_ratio: float = 0.0
+    prior_loss_weight: float = 1.0
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -190,6 +195,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     _check_lora(cfg, require)
     _check_mode(cfg, require)
+    require(0.0 <= cfg.reg_ratio < 1.0,
+            f"reg_ratio is the share of each chunk's samples drawn from the regularization images: in [0, 1) (0 turns "
+            f"them off, 0.5 is one per training sample as in DreamBooth), got {cfg.reg_ratio}")
+    require(cfg.prior_loss_weight >= 0, f"prior_loss_weight weighs the regularization images' loss: must be >= 0 "
+                                        f"(1.0 as in DreamBooth), got {cfg.prior_loss_weight}")
 
 
 def _check_mode(cfg: RunConfig, require) -> None:
