@@ -119,10 +119,11 @@ def add_client_tls_args(parser: argparse.ArgumentParser) -> None:
     add_insecure_arg(parser, server=False)
 
 
-def use_tls_args(args: argparse.Namespace) -> None:
+def use_tls_args(args: argparse.Namespace, *, dials: str | None = None) -> None:
     """Apply a command's TLS flags to every gRPC channel and server of this process (swarm.rpc reads them from the
     environment: the trainer dials the dataset address the coordinator tells it with the same pin or CA file).
-    UsageError for a malformed fingerprint, a missing CA file or both given."""
+    UsageError for a malformed fingerprint, a missing CA file or both given, and for plaintext to `dials` (the
+    address the command will dial first) off loopback without --insecure: said before any slow start-up."""
     import os
 
     from swarm import tls
@@ -133,8 +134,12 @@ def use_tls_args(args: argparse.Namespace) -> None:
             os.environ[tls.FINGERPRINT_ENV] = tls.normalize_fingerprint(args.tls_fingerprint)
         if getattr(args, "tls_ca_file", None):
             os.environ[tls.CA_FILE_ENV] = args.tls_ca_file
-        tls.ClientTls.from_env()  # checks the pair (one of them, the CA file exists)
+        client_tls = tls.ClientTls.from_env()
     except tls.TlsError as e:
         raise UsageError(str(e)) from None
     if getattr(args, "insecure", False):
         os.environ[tls.INSECURE_ENV] = "1"
+    if dials and client_tls is None and not tls.insecure_from_env():
+        refusal = tls.plaintext_refusal(dials, server=False)
+        if refusal:
+            raise UsageError(refusal)

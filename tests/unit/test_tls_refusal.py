@@ -75,6 +75,10 @@ def test_commands_refuse_plaintext_off_loopback(capsys, tmp_path):
     code, err = run(capsys, "coordinator", "--listen", "0.0.0.0:0", "--db", str(tmp_path / "c.sqlite"),
                     "--metrics-port", "0")
     assert code == 2 and "swarm coordinator: error: refusing to serve plaintext gRPC on 0.0.0.0:0" in err
+    # The trainer says so at once, before its slow start-up (torch, the model, hivemind).
+    code, err = run(capsys, "train", "--coordinator", PUBLIC, "--output-dir", str(tmp_path / "run"))
+    assert code == 2 and "swarm train: error: refusing to dial 203.0.113.7:50051 in plaintext" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_trainer_refuses_a_plaintext_coordinator_off_loopback(monkeypatch):

@@ -329,7 +329,7 @@ def run_status(args: argparse.Namespace) -> int:
     from swarm.errors import UsageError
     from swarm_coordinator.status import describe_rpc_error, fetch_progress, format_progress
 
-    use_tls_args(args)
+    use_tls_args(args, dials=args.coordinator)
     try:
         progress = fetch_progress(args.coordinator, token=args.token or os.environ.get("SWARM_TOKEN"),
                                   timeout=args.timeout)

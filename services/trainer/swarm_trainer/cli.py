@@ -209,7 +209,7 @@ def _use_tls(args) -> None:
     """Every gRPC channel of this process (coordinator, dataset) reads the pin from the environment (swarm.rpc)."""
     from swarm.cliargs import use_tls_args
 
-    use_tls_args(args)
+    use_tls_args(args, dials=getattr(args, "coordinator", None))
 
 
 def run_train(args) -> int:
