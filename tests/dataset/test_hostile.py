@@ -96,6 +96,7 @@ def test_stream_slots_per_token_and_the_recheck_of_an_open_stream():
             pass
         assert still_allowed() is None
         verdicts["good"] = "the coordinator rejected this join token: it was revoked"
-        assert "revoked" in still_allowed()  # the stream's loop ends the stream on this
+        ended = still_allowed()  # the stream's loop ends the stream on this
+        assert ended.code == grpc.StatusCode.UNAUTHENTICATED and "revoked" in ended.message
     with guard.stream(_Context("good"), ids=[4], as_stored=False):  # slots came back
         pass

@@ -165,9 +165,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServicer):
                     logger.warning(failure.message)
                     finished = True
                     self._refuse(context, failure.code, failure.reason, failure.message)
-                if still_allowed is not None and (error := still_allowed()) is not None:
-                    finished = True  # a revoked token's open stream ends here, within seconds
-                    self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "token_rejected", f"stream ended: {error}")
+                if still_allowed is not None and (ended := still_allowed()) is not None:
+                    finished = True  # a revoked token's or an ended lease's open stream ends here, within seconds
+                    self._refuse(context, ended.code, ended.reason, ended.message)
                 next_sample = next(todo, None)  # keep the window full before blocking on the send
                 if next_sample is not None:
                     pending.append(self.pool.submit(_prepare, self.storage, next_sample, as_stored=as_stored,
