@@ -13,7 +13,7 @@ import time
 
 import sqlalchemy as sa
 from prometheus_client import Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from swarm.logs import get_logger
 from swarm.trust.credentials import (
@@ -25,7 +25,7 @@ from swarm.trust.credentials import (
 )
 from swarm.v1 import coordinator_pb2 as pb
 from swarm_coordinator import db, rules
-from swarm_coordinator.metrics import PREFIX
+from swarm_coordinator.metrics import PEER_SERIES_CAP, PREFIX
 from swarm_coordinator.rpc_handling import caller, rpc_handler
 
 CREDENTIALS = Counter(f"{PREFIX}credentials_total", "Credentials asked for, by token name and outcome",
@@ -45,6 +45,8 @@ class AdmissionRpcs:
 
     def __init__(self, *, db_path: str, signing_key_path: str, run_id: str, lifetime_s: float = 600.0,
                  max_weight=lambda: 0.0, clock=time.time):
+        # Per peer and token; a live peer renews at half the lifetime, so two lifetimes of silence make it stale.
+        self.book = CredentialBook(stale_after_s=2 * lifetime_s, clock=clock)
         self._key = load_or_create_signing_key(signing_key_path)
         self.public_key = public_key_bytes(self._key)
         self.run_id, self.lifetime_s, self._max_weight, self._clock = run_id, lifetime_s, max_weight, clock
@@ -76,11 +78,71 @@ class AdmissionRpcs:
                                     max_weight=float(self._max_weight() or 0.0), now=self._clock())
         except (CredentialError, rules.InvalidRequest) as e:
             CREDENTIALS.labels(token, "refused").inc()
+            self.book.count(request.peer_id, token, "refused")
             raise rules.InvalidRequest(str(e)) from e
         CREDENTIALS.labels(token, "issued").inc()
+        self.book.count(peer_id, token, "issued")
         credential = verify_credential(wire, self.public_key, now=self._clock())
         return pb.GetCredentialResponse(credential=wire, coordinator_public_key=self.public_key, run_id=self.run_id,
                                         expires_at_unix=credential.expires_at)
+
+
+class CredentialBook:
+    """Credentials issued and refused per (peer id, token name), counted by GetCredential; a Prometheus collector.
+
+    Cardinality is bounded as for the per-peer progress metrics: `swarm_coordinator_peer_credentials{peer, token,
+    outcome}` has series only for pairs that asked within `stale_after_s`, at most `series_cap` of them (most refused
+    first). Memory is bounded too: past `max_entries` the pair asked longest ago is forgotten. A peer id that is not
+    a valid libp2p id is counted as "(invalid)", so garbage cannot mint label values. (Per token alone:
+    `swarm_coordinator_credentials_total{token, outcome}`.)
+    """
+
+    def __init__(self, *, stale_after_s: float = 1200.0, series_cap: int = PEER_SERIES_CAP,
+                 max_entries: int = 10_000, clock=time.time):
+        self._counts: dict[tuple[str, str], list] = {}  # (peer, token) -> [issued, refused, last asked]
+        self._lock = threading.Lock()
+        self.stale_after_s, self.series_cap, self._clock = stale_after_s, series_cap, clock
+        self.max_entries = max_entries
+
+    def count(self, peer_id: str, token: str, outcome: str) -> None:
+        try:
+            peer = rules.check_peer_id(peer_id)
+        except rules.InvalidRequest:
+            peer = "(invalid)"
+        with self._lock:
+            row = self._counts.get((peer, token))
+            if row is None:
+                if len(self._counts) >= self.max_entries:
+                    del self._counts[min(self._counts, key=lambda key: self._counts[key][2])]
+                row = self._counts[(peer, token)] = [0, 0, 0.0]
+            row[0 if outcome == "issued" else 1] += 1
+            row[2] = self._clock()
+
+    def rows(self, *, recent_only: bool = False) -> list[tuple[str, str, int, int]]:
+        """(peer, token, issued, refused), most refused first, then most issued; recent_only: the exported series."""
+        since = self._clock() - self.stale_after_s
+        with self._lock:
+            rows = [(peer, token, issued, refused) for (peer, token), (issued, refused, last) in self._counts.items()
+                    if not recent_only or last >= since]
+        rows.sort(key=lambda row: (-row[3], -row[2], row[0], row[1]))
+        return rows[:self.series_cap] if recent_only else rows
+
+    def messages(self) -> list[pb.CredentialCount]:
+        """Every pair as CredentialCount messages (GetProgress, `swarm status`), most refused first."""
+        return [pb.CredentialCount(peer_id=peer, token_name=token, issued=issued, refused=refused)
+                for peer, token, issued, refused in self.rows()]
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        family = CounterMetricFamily(f"{PREFIX}peer_credentials", "Credentials GetCredential issued and refused, by "
+                                     "peer, token and outcome (peers that asked recently, capped)",
+                                     labels=["peer", "token", "outcome"])
+        for peer, token, issued, refused in self.rows(recent_only=True):
+            family.add_metric([peer, token, "issued"], issued)
+            family.add_metric([peer, token, "refused"], refused)
+        yield family
 
 
 class ContributionBook:

@@ -78,7 +78,8 @@ def servicer_parts(store: Store, settings: CoordinatorSettings, *, contributions
                               dataset_address=settings.dataset_public_address or settings.dataset or "",
                               heartbeat_interval=settings.heartbeat_interval),
             "config": ConfigRpcs(store), "leases": LeaseRpcs(store, contributions=contributions),
-            "progress": ProgressRpcs(store, contributions=contributions), "admission": admission,
+            "progress": ProgressRpcs(store, contributions=contributions, credentials=admission.book),
+            "admission": admission,
             "samples": SampleAccessRpcs(store, full_access_token_hashes=[hash_token(dataset_token)] if dataset_token
                                         else []),
             "reachability": ReachabilityRpcs(store)}
@@ -139,6 +140,7 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
         pieces.callback(metrics.register_collector(contributions))
         parts = servicer_parts(store, settings, contributions=contributions, dataset_token=dataset_token)
         pieces.callback(parts["admission"].close)
+        pieces.callback(metrics.register_collector(parts["admission"].book))  # credentials per peer and token
         pb_grpc.add_CoordinatorServicer_to_server(compose(parts.values()), server)
         source = None
         if settings.bootstrap_peers_url:

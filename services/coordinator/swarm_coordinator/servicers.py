@@ -26,14 +26,14 @@ def _config_message(version: ConfigVersion) -> pb.RunConfig:
     return pb.RunConfig(version=version.version, run_id=version.run_id, config_json=version.config_json)
 
 
-def _peer_info(peer: PeerRecord, *, alive: bool) -> pb.PeerInfo:
+def _peer_info(peer: PeerRecord, *, alive: bool, samples_leased: int = 0) -> pb.PeerInfo:
     # No multiaddrs: a volunteer's IP address is not for every token holder (and `swarm status`) to read. A joiner
     # dials the initial peers instead: the bootstrap DHT and reachable peers' announced addresses (design.md).
     return pb.PeerInfo(peer_id=peer.peer_id, name=peer.name, client_mode=peer.client_mode,
                        last_seen_unix_ms=int(peer.last_seen * 1000), samples_contributed=peer.samples_contributed,
                        global_epoch=peer.global_epoch, finished=peer.finished,
                        loss=math.nan if peer.loss is None else peer.loss, samples_per_s=peer.samples_per_s,
-                       chunks_contributed=peer.chunks_contributed, alive=alive)
+                       chunks_contributed=peer.chunks_contributed, alive=alive, samples_leased=samples_leased)
 
 
 class PeerRpcs:
@@ -64,7 +64,9 @@ class PeerRpcs:
 
     @rpc_handler("ListPeers")
     def ListPeers(self, request, context):  # noqa: N802 (the RPC's name in the proto)
-        return pb.ListPeersResponse(peers=[_peer_info(p, alive=True) for p in self.store.live_peers()],
+        leased = self.store.samples_leased()  # trainers cap weight claims with it (swarm.trust.budget)
+        return pb.ListPeersResponse(peers=[_peer_info(p, alive=True, samples_leased=leased.get(p.peer_id, 0))
+                                           for p in self.store.live_peers()],
                                     initial_peers=self.store.initial_peers(self.bootstrap_peers))
 
 
@@ -144,12 +146,14 @@ class LeaseRpcs:
 class ProgressRpcs:
     """GetProgress: the run's global progress (`swarm status`)."""
 
-    def __init__(self, store: Store, *, contributions=None):
+    def __init__(self, store: Store, *, contributions=None, credentials=None):
         self.store, self.contributions = store, contributions  # admission.ContributionBook
+        self.credentials = credentials  # admission.CredentialBook
 
     @rpc_handler("GetProgress")
     def GetProgress(self, request, context):  # noqa: N802 (the RPC's name in the proto)
         p = self.store.progress()
+        leased = self.store.samples_leased()
         return pb.Progress(
             samples_done=p.samples_done, data_epochs_done=p.data_epochs_done, chunks_total=p.chunks_total,
             chunks_queued=p.chunks_queued, chunks_leased=p.chunks_leased, chunks_done=p.chunks_done,
@@ -157,8 +161,10 @@ class ProgressRpcs:
             run_complete=p.run_complete, max_data_epochs=p.max_data_epochs, lr=p.lr, lr_total_steps=p.lr_total_steps,
             samples_total=p.samples_total, samples_pending=p.samples_pending, swarm_epoch_min=p.swarm_epoch_min,
             peers_training=p.peers_training,
-            peers=[_peer_info(peer, alive=peer.peer_id in p.alive_peer_ids) for peer in p.peers],
-            contributions=self.contributions.messages() if self.contributions is not None else [])
+            peers=[_peer_info(peer, alive=peer.peer_id in p.alive_peer_ids, samples_leased=leased.get(peer.peer_id, 0))
+                   for peer in p.peers],
+            contributions=self.contributions.messages() if self.contributions is not None else [],
+            credentials=self.credentials.messages() if self.credentials is not None else [])
 
 
 class SampleAccessRpcs:

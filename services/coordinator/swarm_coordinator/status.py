@@ -48,12 +48,12 @@ def format_progress(p: pb.Progress, *, now: float | None = None) -> str:
     ]
     peers = sorted(p.peers, key=lambda peer: (-peer.samples_contributed, peer.peer_id))
     if peers:
-        rows = [("peer", "name", "samples", "chunks", "epoch", "loss", "samples/s", "last seen")]
+        rows = [("peer", "name", "samples", "leased", "chunks", "epoch", "loss", "samples/s", "last seen")]
         for peer in peers[:MAX_PEER_ROWS]:
             state = "" if peer.alive else " (dead)"
             state = " (finished)" if peer.alive and peer.finished else state
             rows.append((_short(peer.peer_id), peer.name or "-", str(peer.samples_contributed),
-                         str(peer.chunks_contributed), str(peer.global_epoch),
+                         str(peer.samples_leased), str(peer.chunks_contributed), str(peer.global_epoch),
                          "-" if math.isnan(peer.loss) else f"{peer.loss:.4f}", f"{peer.samples_per_s:.2f}",
                          _ago(peer.last_seen_unix_ms, now) + state))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -68,6 +68,15 @@ def format_progress(p: pb.Progress, *, now: float | None = None) -> str:
                   str(c.refused)) for c in list(p.contributions)[:MAX_PEER_ROWS]]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    if p.credentials:
+        lines.extend(["", "credentials issued / refused per peer and token (swarm.trust; most refused first):"])
+        rows = [("peer", "token", "issued", "refused")]
+        rows += [(_short(c.peer_id), c.token_name or "-", str(c.issued), str(c.refused))
+                 for c in list(p.credentials)[:MAX_PEER_ROWS]]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+        if len(p.credentials) > MAX_PEER_ROWS:
+            lines.append(f"... and {len(p.credentials) - MAX_PEER_ROWS} more")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@
 | `configs` | config_versions.py | run config versions: the current one, older ones peers name, refresh |
 | `leases` | leases.py | every chunk's contents and the lease queue: grant, extend, report, release, expire |
 | `intake` | intake.py | samples synced from the dataset: sync cursor, pending samples, new chunks |
+| `reg` | reg_pool.py | the regularization samples synced, by bucket, and which of them ride along with a lease |
 | `peers` | peer_registry.py | the peer table and who may act for a peer |
 | `history` | status_history.py | the status page's bounded history of the run |
 
@@ -41,6 +42,7 @@ from swarm_coordinator.errors import UnknownConfigVersion as UnknownConfigVersio
 from swarm_coordinator.limits import Limits, ReportPace
 from swarm_coordinator.peers import PeerRecord
 from swarm_coordinator.progress import ProgressSnapshot, current_lr, lr_total_steps, planned_epochs
+from swarm_coordinator.regularization import reg_ratio_problem
 from swarm_coordinator.rules import Outcome, SwarmEpochs, lease_expired, unleased_samples
 from swarm_coordinator.store.config_versions import ConfigVersions
 from swarm_coordinator.store.connection import StoreConnection
@@ -48,6 +50,7 @@ from swarm_coordinator.store.intake import ChunkIntake
 from swarm_coordinator.store.leases import Grant as Grant  # re-exported
 from swarm_coordinator.store.leases import LeaseBook, ReportResult
 from swarm_coordinator.store.peer_registry import PeerRegistry
+from swarm_coordinator.store.reg_pool import RegPool
 from swarm_coordinator.store.status_history import StatusHistory
 
 
@@ -59,7 +62,8 @@ class Store:
         self.pace = ReportPace(self.limits)  # per-peer report budgets (monotonic time, not the store's clock)
         self.configs = ConfigVersions(connection, clock=clock)
         self.leases = LeaseBook(lease_ttl=lease_ttl)
-        self.intake = ChunkIntake(connection, configs=self.configs, leases=self.leases, clock=clock)
+        self.reg = RegPool()
+        self.intake = ChunkIntake(connection, configs=self.configs, leases=self.leases, clock=clock, reg=self.reg)
         self.peers = PeerRegistry(connection, peer_ttl=peer_ttl, peers_per_token=self.limits.peers_per_token)
         self.history = StatusHistory(connection)
         self._lock = connection.lock
@@ -80,6 +84,7 @@ class Store:
             self.leases.load(conn, now=self.clock())
             self.peers.load(conn)
             self.intake.load(conn)
+            self.reg.load(conn)
             self.configs.load(conn)
             self.history.load(conn)
 
@@ -127,8 +132,14 @@ class Store:
     def sync_cursor(self) -> int:
         return self.intake.sync_cursor
 
-    def add_samples(self, samples: Sequence[tuple[int, int, int]], *, flush: bool) -> list[int]:
-        return self.intake.add_samples(samples, flush=flush)
+    def add_samples(self, samples: Sequence[tuple[int, int, int]], *, flush: bool,
+                    reg_samples: Sequence[tuple[int, int, int]] = ()) -> list[int]:
+        return self.intake.add_samples(samples, flush=flush, reg_samples=reg_samples)
+
+    def reg_problem(self) -> str | None:
+        """Why no chunk can be leased for want of regularization samples (None: nothing is missing)."""
+        with self._lock:
+            return reg_ratio_problem(self.configs.config.reg_ratio, reg_samples=self.reg.total)
 
     def add_chunks(self, chunks) -> list[int]:
         return self.intake.add_chunks(chunks)
@@ -136,13 +147,24 @@ class Store:
     # ------------------------------------------------------------------------------------------------ leases
 
     def lease(self, peer_id: str, count: int, *, caller: str | None = None) -> list[Grant]:
-        """Lease up to `count` chunks to a registered peer: least-trained first; what is free, possibly nothing."""
+        """Lease up to `count` chunks to a registered peer: least-trained first; what is free, possibly nothing.
+
+        With reg_ratio > 0 each lease carries its regularization samples; while none are synced nothing is leased
+        (a run never trains without the prior its config asks for; the dataset sync logs why)."""
         with self._lock:
             self.peers.require(peer_id, caller).last_seen = now = self.clock()
             count = limit_rules.leases_allowed(held=len(self.leases.owned(peer_id)), asked=count,
                                                limit=self.limits.leases_per_peer)
+            config = self.configs.config
+            if reg_ratio_problem(config.reg_ratio, reg_samples=self.reg.total):
+                count = 0
+
+            def reg_for(chunk_id, bucket, n_train, times_trained):
+                return self.reg.for_lease(self.leases.pools, chunk_id, bucket, n_train, times_trained,
+                                          reg_ratio=config.reg_ratio, chunk_size=config.chunk_size)
             with self.connection.write() as tx:
-                return self.leases.grant(tx, peer_id, count, now=now, max_data_epochs=self.max_data_epochs)
+                return self.leases.grant(tx, peer_id, count, now=now, max_data_epochs=self.max_data_epochs,
+                                         reg_for=reg_for if config.reg_ratio > 0 else None)
 
     def heartbeat(self, peer_id: str, lease_ids: Sequence[str], *, global_epoch: int = 0, loss: float | None = None,
                   samples_per_s: float = 0.0, finished: bool = False, caller: str | None = None
@@ -198,9 +220,24 @@ class Store:
         with self._lock:
             now = self.clock()
             mine = {p.peer_id for p in self.peers.table.live(now=now) if caller is not None and p.owner == caller}
-            chunks = [slot.chunk_id for slot in (self.queue.chunks[cid] for cid in self.queue.leases.values())
-                      if slot.peer_id in mine and not lease_expired(slot.deadline, now=now)]
-            return unleased_samples(sample_ids, (self.leases.contents(cid)[1] for cid in chunks))
+            held = [(lease_id, slot.chunk_id) for lease_id, slot in
+                    ((lid, self.queue.chunks[cid]) for lid, cid in self.queue.leases.items())
+                    if slot.peer_id in mine and not lease_expired(slot.deadline, now=now)]
+            leased = [ids for lease_id, chunk_id in held  # a lease's chunk, and its regularization samples
+                      for ids in (self.leases.contents(chunk_id)[1], self.leases.reg_sample_ids(lease_id))]
+            return unleased_samples(sample_ids, leased)
+
+    def samples_leased(self) -> dict[str, int]:
+        """Samples in each peer's active, unexpired leases: with its credited samples, the most weight its averaging
+        claims may add up to (swarm.trust.budget)."""
+        with self._lock:
+            now = self.clock()
+            out: dict[str, int] = {}
+            for chunk_id in self.queue.leases.values():
+                slot = self.queue.chunks[chunk_id]
+                if slot.peer_id is not None and not lease_expired(slot.deadline, now=now):
+                    out[slot.peer_id] = out.get(slot.peer_id, 0) + slot.n_samples
+            return out
 
     def reap(self) -> int:
         """End every lease past its deadline (the lease path also does this lazily)."""
@@ -255,5 +292,6 @@ class Store:
                 lr=current_lr(config, epoch=epochs.swarm_epoch, samples_total=samples_total),
                 lr_total_steps=lr_total_steps(config, samples_total=samples_total),
                 samples_pending=self.intake.samples_pending,
+                reg_samples_done=self.leases.reg_samples_done, reg_samples_total=self.reg.total,
                 peers=[dataclasses.replace(p) for p in self.peers.table.all()],
                 alive_peer_ids=frozenset(p.peer_id for p in self.peers.table.live(now=now)))
