@@ -33,6 +33,7 @@ class TrainerOptions:
     device: str = "auto"
     precision: str | None = None
     swarm: SwarmOptions = field(default_factory=SwarmOptions)
+    require_reachable: bool = False  # stop at start when the coordinator cannot dial this peer back (reachability.py)
     features: PeerFeatures = field(default_factory=PeerFeatures)
     barrier_timeout: float = 300.0
     metrics_port: int = 9102

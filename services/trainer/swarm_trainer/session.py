@@ -28,6 +28,7 @@ def join(run) -> None:
     from swarm_trainer.lora import maybe_add_lora
     from swarm_trainer.model import build_models
     from swarm_trainer.options import cuda_bf16_supported, default_precision, parse_config, resolve_device
+    from swarm_trainer.reachability import check_reachability
     from swarm_trainer.swarm import make_dht
 
     options = run.options
@@ -65,6 +66,9 @@ def join(run) -> None:
     run.dataset_address = registration.dataset_address
     logger.info(f"peer {run.peer_id} joined run {run.run_id!r} (config version {run.config_version}); "
                 f"dataset at {run.dataset_address}")
+    # Before any model is built: a volunteer behind a NAT learns now that no one can dial it, and how to fix that.
+    check_reachability(run.client, peer_id=run.peer_id, client_mode=options.swarm.client_mode,
+                       required=options.require_reachable)
     first_beat = run.heartbeat_once()  # also brings the LR decay span before the first step
 
     from swarm_trainer.diloco.fused import check_memory_options
