@@ -55,6 +55,9 @@ leases = sa.Table(
     sa.Column("state", sa.String(10), nullable=False),  # rules.LeaseState
     sa.Column("times_trained", sa.Integer, nullable=False),  # the chunk's count when leased (its data epoch)
     sa.Column("ended", sa.Float, nullable=True),
+    # Regularization samples riding along (regularization.py): comma-separated ids, and how many.
+    sa.Column("reg_sample_ids", sa.Text, nullable=False, server_default=""),
+    sa.Column("reg_samples", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_leases_state", "state"),
     sa.Index("ix_leases_chunk_state", "chunk_id", "state"),
 )
@@ -90,6 +93,14 @@ tokens = sa.Table(
 # Dataset samples synced but not cut into a chunk yet (their bucket is waiting for more samples).
 pending_samples = sa.Table(
     "pending_samples", metadata,
+    sa.Column("sample_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("bucket_width", sa.Integer, nullable=False),
+    sa.Column("bucket_height", sa.Integer, nullable=False),
+)
+
+# Regularization (class) samples synced from the dataset: not cut into chunks, they ride along with leases.
+reg_samples = sa.Table(
+    "reg_samples", metadata,
     sa.Column("sample_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("bucket_width", sa.Integer, nullable=False),
     sa.Column("bucket_height", sa.Integer, nullable=False),
@@ -148,6 +159,10 @@ def create_schema(engine: sa.Engine) -> None:
         columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(peers)")}
         if "token_hash" not in columns:  # databases from before peers were bound to tokens
             conn.exec_driver_sql("ALTER TABLE peers ADD COLUMN token_hash VARCHAR(64)")
+        lease_columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(leases)")}
+        if "reg_samples" not in lease_columns:  # databases from before regularization images
+            conn.exec_driver_sql("ALTER TABLE leases ADD COLUMN reg_sample_ids TEXT NOT NULL DEFAULT ''")
+            conn.exec_driver_sql("ALTER TABLE leases ADD COLUMN reg_samples INTEGER NOT NULL DEFAULT 0")
         stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
         if stored is None:
             conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -177,8 +192,8 @@ def set_meta(conn: sa.Connection, key: str, value: str) -> None:
 # The hot path (lease, heartbeat, report, release: thousands a second) runs these precompiled statements directly on
 # the DBAPI connection: SQLAlchemy Core's per-execute bookkeeping costs about four times what SQLite itself does for
 # a one-row update. Every other query goes through SQLAlchemy. The store tests run each of these.
-LEASE_INSERT = ("INSERT INTO leases (id, chunk_id, peer_id, created, deadline, state, times_trained) "
-                "VALUES (?, ?, ?, ?, ?, 'active', ?)")
+LEASE_INSERT = ("INSERT INTO leases (id, chunk_id, peer_id, created, deadline, state, times_trained, "
+                "reg_sample_ids, reg_samples) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)")
 LEASE_END = "UPDATE leases SET state = ?, ended = ? WHERE id = ? AND state = 'active'"
 LEASE_EXTEND = "UPDATE leases SET deadline = ? WHERE id = ? AND state = 'active'"
 LEASE_LOOKUP = "SELECT peer_id, state, deadline, chunk_id FROM leases WHERE id = ?"

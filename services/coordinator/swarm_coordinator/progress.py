@@ -55,5 +55,7 @@ class ProgressSnapshot:
     lr: float
     lr_total_steps: int
     samples_pending: int = 0  # synced from the dataset, waiting to fill a chunk
+    reg_samples_done: int = 0  # regularization samples of counted chunks (not in samples_done)
+    reg_samples_total: int = 0  # regularization samples synced
     peers: list[PeerRecord] = field(default_factory=list)  # copies, every peer ever registered
     alive_peer_ids: frozenset[str] = frozenset()

@@ -102,7 +102,8 @@ class LeaseRpcs:
         return pb.LeaseChunksResponse(
             leases=[pb.Lease(lease_id=g.lease_id, chunk_id=g.chunk_id, sample_ids=g.sample_ids,
                              deadline_unix_ms=int(g.deadline * 1000), times_trained=g.times_trained,
-                             bucket_width=g.bucket_width, bucket_height=g.bucket_height) for g in grants],
+                             bucket_width=g.bucket_width, bucket_height=g.bucket_height,
+                             reg_sample_ids=g.reg_sample_ids) for g in grants],
             run_complete=self.store.run_complete(), config_version=self.store.config.version)
 
     @rpc_handler("Heartbeat")
@@ -160,7 +161,7 @@ class ProgressRpcs:
             peers_alive=p.peers_alive, swarm_epoch=p.swarm_epoch, config_version=p.config_version,
             run_complete=p.run_complete, max_data_epochs=p.max_data_epochs, lr=p.lr, lr_total_steps=p.lr_total_steps,
             samples_total=p.samples_total, samples_pending=p.samples_pending, swarm_epoch_min=p.swarm_epoch_min,
-            peers_training=p.peers_training,
+            peers_training=p.peers_training, reg_samples_done=p.reg_samples_done, reg_samples_total=p.reg_samples_total,
             peers=[_peer_info(peer, alive=peer.peer_id in p.alive_peer_ids, samples_leased=leased.get(peer.peer_id, 0))
                    for peer in p.peers],
             contributions=self.contributions.messages() if self.contributions is not None else [],

@@ -3,6 +3,7 @@
 It owns the sync cursor (the highest dataset sample id already taken in) and the pending samples (synced, waiting
 for their aspect bucket to fill a chunk); full chunks go to the lease book. Cutting is the pure rule
 rules.cut_chunks; this part stores its result and the cursor in one transaction, then applies it to memory.
+Regularization samples are never cut: they go to the regularization pool (reg_pool.py) in the same transaction.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from swarm_coordinator.rules import cut_chunks
 from swarm_coordinator.store.config_versions import ConfigVersions
 from swarm_coordinator.store.connection import StoreConnection
 from swarm_coordinator.store.leases import Bucket, LeaseBook
+from swarm_coordinator.store.reg_pool import RegPool
 
 
 class ChunkIntake:
-    def __init__(self, db_conn: StoreConnection, *, configs: ConfigVersions, leases: LeaseBook, clock):
+    def __init__(self, db_conn: StoreConnection, *, configs: ConfigVersions, leases: LeaseBook, clock,
+                 reg: RegPool | None = None):
         self._db, self._configs, self._leases, self._clock = db_conn, configs, leases, clock
+        self._reg = reg if reg is not None else RegPool()
         self._pending: dict[Bucket, list[int]] = {}
         self._sync_cursor = 0
 
@@ -37,16 +41,20 @@ class ChunkIntake:
     def samples_pending(self) -> int:
         return sum(len(ids) for ids in self._pending.values())
 
-    def add_samples(self, samples: Sequence[tuple[int, int, int]], *, flush: bool) -> list[int]:
-        """Cut newly synced (sample_id, bucket width, bucket height) into chunks; returns the new chunk ids."""
+    def add_samples(self, samples: Sequence[tuple[int, int, int]], *, flush: bool,
+                    reg_samples: Sequence[tuple[int, int, int]] = ()) -> list[int]:
+        """Cut newly synced training (sample_id, bucket width, bucket height) into chunks, and put the newly synced
+        regularization ones in the pool; returns the new chunk ids."""
         with self._db.lock:
             fresh = [s for s in samples if s[0] > self._sync_cursor]
-            if not fresh and not (flush and self._pending):
+            fresh_reg = [s for s in reg_samples if s[0] > self._sync_cursor]
+            if not fresh and not fresh_reg and not (flush and self._pending):
                 return []
             new_chunks, pending = cut_chunks(self._pending, fresh, chunk_size=self._configs.config.chunk_size,
                                              flush=flush)
-            cursor = max([self._sync_cursor, *(s[0] for s in fresh)])
+            cursor = max([self._sync_cursor, *(s[0] for s in fresh), *(s[0] for s in fresh_reg)])
             with self._db.transaction() as conn:
+                self._reg.insert(conn, fresh_reg)
                 ids = self._insert_chunks(conn, new_chunks)
                 conn.execute(db.pending_samples.delete())
                 rows = [{"sample_id": sid, "bucket_width": w, "bucket_height": h}
@@ -55,6 +63,7 @@ class ChunkIntake:
                     conn.execute(db.pending_samples.insert(), rows)
                 db.set_meta(conn, "sync_after_id", str(cursor))
             self._pending, self._sync_cursor = pending, cursor
+            self._reg.add(fresh_reg)
             self._queue(ids, new_chunks)
             return ids
 

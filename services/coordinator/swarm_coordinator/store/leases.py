@@ -3,18 +3,23 @@
 Each change decides with the pure rules on the in-memory queue, writes the decision into the caller's transaction,
 and changes the queue only once that transaction committed (Transaction.on_commit). A SIGKILL between commit and
 apply loses nothing: memory is rebuilt from the database at the next start.
+
+A lease may carry regularization samples beside its chunk (regularization.py picks them; the caller passes a
+`reg_for` function to `grant`). They are stored with the lease row, so a restart knows them, and counted apart: a
+counted report adds them to `reg_samples_done`, never to the chunk's data epochs.
 """
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 
 from swarm_coordinator import db
 from swarm_coordinator.errors import LeaseNotFound, NotLeaseOwner
 from swarm_coordinator.queue import ChunkQueue, ChunkSlot
+from swarm_coordinator.regularization import ChunkPools
 from swarm_coordinator.rules import LeaseState, Outcome, extended_deadline, lease_expired, report_outcome
 from swarm_coordinator.store.connection import Transaction
 
@@ -30,6 +35,7 @@ class Grant:
     times_trained: int
     bucket_width: int
     bucket_height: int
+    reg_sample_ids: list[int] = field(default_factory=list)  # regularization samples riding along
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,19 @@ class ReportResult:
     outcome: Outcome
     samples_counted: int
     message: str
+    reg_samples_counted: int = 0
+
+
+# (chunk id, bucket, training samples in it, times trained) -> the regularization sample ids of its lease
+RegFor = Callable[[int, Bucket, int, int], list[int]]
+
+
+def _ids_text(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids))
+
+
+def _ids(text: str | None) -> list[int]:
+    return [int(s) for s in text.split(",")] if text else []
 
 
 class LeaseBook:
@@ -44,6 +63,9 @@ class LeaseBook:
         self.lease_ttl = lease_ttl
         self.queue = ChunkQueue()
         self._contents: dict[int, tuple[int, int, str]] = {}  # chunk id -> (bucket width, height, sample ids text)
+        self.pools = ChunkPools()  # chunk ids per bucket: a chunk's position in its regularization pool
+        self._reg: dict[str, list[int]] = {}  # active lease id -> its regularization sample ids (when it has any)
+        self.reg_samples_done = 0  # regularization samples of counted reports
 
     # ------------------------------------------------------------------------------------------------ chunks
 
@@ -53,6 +75,9 @@ class LeaseBook:
         for row in conn.execute(sa.select(db.chunks).order_by(db.chunks.c.id)):
             self._contents[row.id] = (row.bucket_width, row.bucket_height, row.sample_ids)
             self.queue.add_chunk(row.id, n_samples=row.n_samples, times_trained=row.times_trained)
+            self.pools.add(row.id, (row.bucket_width, row.bucket_height))
+        self.reg_samples_done = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(db.leases.c.reg_samples), 0))
+                                                 .where(db.leases.c.state == LeaseState.DONE.value)).scalar())
         expired = []
         active = conn.execute(sa.select(db.leases).where(db.leases.c.state == LeaseState.ACTIVE.value)
                               .order_by(db.leases.c.created.desc()))
@@ -62,6 +87,8 @@ class LeaseBook:
                 expired.append((LeaseState.EXPIRED.value, now, row.id))
             else:
                 self.queue.hold(row.chunk_id, row.id, peer_id=row.peer_id, deadline=row.deadline)
+                if row.reg_sample_ids:
+                    self._reg[row.id] = _ids(row.reg_sample_ids)
         if expired:
             conn.exec_driver_sql(db.LEASE_END, expired)
 
@@ -70,13 +97,18 @@ class LeaseBook:
 
     def add_chunk(self, chunk_id: int, *, bucket: Bucket, sample_ids: Sequence[int]) -> None:
         """A chunk just committed to the database joins the queue, untrained."""
-        self._contents[chunk_id] = (bucket[0], bucket[1], ",".join(map(str, sample_ids)))
+        self._contents[chunk_id] = (bucket[0], bucket[1], _ids_text(sample_ids))
         self.queue.add_chunk(chunk_id, n_samples=len(sample_ids))
+        self.pools.add(chunk_id, bucket)
 
     def contents(self, chunk_id: int) -> tuple[Bucket, list[int]]:
         """A chunk's (bucket width, height) and sample ids."""
         width, height, sample_ids = self._contents[chunk_id]
-        return (width, height), [int(s) for s in sample_ids.split(",")]
+        return (width, height), _ids(sample_ids)
+
+    def reg_sample_ids(self, lease_id: str) -> list[int]:
+        """The regularization samples of an active lease (none when it has none or is not active)."""
+        return self._reg.get(lease_id, [])
 
     # ------------------------------------------------------------------------------------------------ leases
 
@@ -100,25 +132,32 @@ class LeaseBook:
         self._free(due, trained=False)
         return due
 
-    def grant(self, tx: Transaction, peer_id: str, count: int, *, now: float, max_data_epochs: int) -> list[Grant]:
-        """Lease up to `count` chunks to `peer_id`: least-trained first; what is free, possibly nothing."""
+    def grant(self, tx: Transaction, peer_id: str, count: int, *, now: float, max_data_epochs: int,
+              reg_for: RegFor | None = None) -> list[Grant]:
+        """Lease up to `count` chunks to `peer_id`: least-trained first; what is free, possibly nothing. With
+        `reg_for`, each lease also carries the regularization samples it names."""
         self.expire_due(tx, now=now)
         deadline = now + self.lease_ttl
-        grants = [self._grant(cid, deadline) for cid in self.queue.peek_free(count, max_data_epochs=max_data_epochs)]
+        grants = [self._grant(cid, deadline, reg_for)
+                  for cid in self.queue.peek_free(count, max_data_epochs=max_data_epochs)]
         if grants:
-            tx.executemany(db.LEASE_INSERT, [(g.lease_id, g.chunk_id, peer_id, now, deadline, g.times_trained)
-                                             for g in grants])
+            tx.executemany(db.LEASE_INSERT, [(g.lease_id, g.chunk_id, peer_id, now, deadline, g.times_trained,
+                                              _ids_text(g.reg_sample_ids), len(g.reg_sample_ids)) for g in grants])
 
         def hold() -> None:
             for grant in grants:
                 self.queue.hold(grant.chunk_id, grant.lease_id, peer_id=peer_id, deadline=deadline)
+                if grant.reg_sample_ids:
+                    self._reg[grant.lease_id] = grant.reg_sample_ids
         tx.on_commit(hold)
         return grants
 
-    def _grant(self, chunk_id: int, deadline: float) -> Grant:
+    def _grant(self, chunk_id: int, deadline: float, reg_for: RegFor | None) -> Grant:
         (width, height), sample_ids = self.contents(chunk_id)
+        times_trained = self.queue.chunks[chunk_id].times_trained
+        reg = reg_for(chunk_id, (width, height), len(sample_ids), times_trained) if reg_for is not None else []
         return Grant(lease_id=str(uuid.uuid4()), chunk_id=chunk_id, sample_ids=sample_ids, deadline=deadline,
-                     times_trained=self.queue.chunks[chunk_id].times_trained, bucket_width=width, bucket_height=height)
+                     times_trained=times_trained, bucket_width=width, bucket_height=height, reg_sample_ids=reg)
 
     def extend(self, tx: Transaction, peer_id: str, lease_ids: Sequence[str], *, now: float
                ) -> list[tuple[str, bool, float]]:
@@ -156,9 +195,14 @@ class LeaseBook:
             raise RuntimeError(f"lease {lease_id} is active in memory but not in the database")
         if counted:
             tx.execute(db.CHUNK_TRAINED, (slot.chunk_id,))
-        tx.on_commit(lambda: self.queue.free(lease_id, trained=counted))
+        reg = len(self._reg.get(lease_id, ())) if counted else 0
+
+        def apply() -> None:
+            self.reg_samples_done += reg
+            self._free([lease_id], trained=counted)
+        tx.on_commit(apply)
         if counted:
-            return ReportResult(outcome, slot.n_samples, f"chunk {slot.chunk_id} counted")
+            return ReportResult(outcome, slot.n_samples, f"chunk {slot.chunk_id} counted", reg_samples_counted=reg)
         return ReportResult(outcome, 0, f"lease {lease_id} expired before the report: not counted")
 
     def report_ended(self, raw, peer_id: str, lease_id: str, *, now: float) -> ReportResult:
@@ -183,4 +227,8 @@ class LeaseBook:
             tx.on_commit(lambda: self._free(lease_ids, trained=False))
 
     def _free(self, lease_ids: Iterable[str], *, trained: bool) -> list[ChunkSlot]:
-        return [self.queue.free(lease_id, trained=trained) for lease_id in lease_ids]
+        slots = []
+        for lease_id in lease_ids:
+            slots.append(self.queue.free(lease_id, trained=trained))
+            self._reg.pop(lease_id, None)
+        return slots
