@@ -208,3 +208,12 @@ def test_a_real_trainer_dht_is_reachable_and_the_trainer_logs_it(served, caplog)
     finally:
         client.close()
         dht.shutdown()
+
+
+def test_require_reachable_flag(tmp_path):
+    from swarm_launcher.cli import build_parser
+    from swarm_trainer.cli import options_from_args
+
+    argv = ["train", "--coordinator", "h:1", "--token", "t", "--output-dir", str(tmp_path / "run")]
+    assert not options_from_args(build_parser().parse_args(argv)).require_reachable
+    assert options_from_args(build_parser().parse_args([*argv, "--require-reachable"])).require_reachable

@@ -60,6 +60,8 @@ def register(subparsers) -> None:
                      help="public multiaddrs to announce, for a port-forwarded peer (e.g. /ip4/PUBLIC_IP/tcp/PORT)")
     net.add_argument("--client-mode", action="store_true",
                      help="no inbound connections (behind NAT): join averaging through listening peers")
+    net.add_argument("--require-reachable", action="store_true",
+                     help="stop at start when the coordinator cannot dial this peer back (default: warn, train on)")
     net.add_argument("--use-relay", action=argparse.BooleanOptionalAction, default=True,
                      help="allow libp2p circuit relays (default: on)")
     net.add_argument("--use-auto-relay", action="store_true", help="look for relays automatically (behind NAT)")
@@ -153,6 +155,7 @@ def options_from_args(args):
     return TrainerOptions(
         coordinator=args.coordinator, token=token, output_dir=output_dir, name=name,
         batch_size=args.batch_size, device=args.device, precision=args.precision, swarm=swarm,
+        require_reachable=args.require_reachable,
         features=PeerFeatures(gradient_checkpointing=args.gradient_checkpointing, xformers=args.xformers,
                               use_8bit_adam=args.use_8bit_adam, cache_latents=args.cache_latents,
                               ema_offload=args.ema_offload, fused_backward=args.fused_backward,
