@@ -5,6 +5,7 @@ samples after the highest id already synced, page by page, and hands them to the
 aspect bucket at once. A bucket's remainder waits for more samples until a pass finds nothing new (the dataset
 stopped growing), then becomes a last, smaller chunk. If the dataset service is down the coordinator keeps
 serving (with no chunks, nothing is leased and the run is not complete) and this loop keeps retrying.
+Regularization samples (SampleRef.role) are not cut: they go to the store's regularization pool.
 """
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from swarm.rpc import channel, token_metadata
 from swarm.v1 import dataset_pb2, dataset_pb2_grpc
 from swarm_coordinator.store import Store
 
+_ROLES = (dataset_pb2.SAMPLE_ROLE_TRAINING, dataset_pb2.SAMPLE_ROLE_REGULARIZATION)
+
 logger = get_logger(__name__)
 
 PAGE_SIZE = 1000
+REG_WARNING_INTERVAL_S = 60.0
 
 
 class DatasetSync:
@@ -36,6 +40,7 @@ class DatasetSync:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dataset-sync", daemon=True)
         self._channel = None
+        self._reg_warned_at = float("-inf")
 
     def start(self) -> "DatasetSync":
         self._channel = channel(self.address)
@@ -60,19 +65,32 @@ class DatasetSync:
         while not self._stop.is_set():
             request = dataset_pb2.ListSamplesRequest(after_id=self.store.sync_cursor, limit=self.page_size)
             page = self._stub.ListSamples(request, metadata=token_metadata(self.token), timeout=self.timeout)
-            refs = [(s.sample_id, s.bucket_width, s.bucket_height) for s in page.samples
-                    if s.sample_id > request.after_id and s.bucket_width > 0 and s.bucket_height > 0]
-            if len(refs) != len(page.samples):
-                logger.warning(f"dataset service at {self.address} sent {len(page.samples) - len(refs)} sample refs "
-                               f"out of order or without a bucket; skipped them")
-            if refs:
-                new_chunks += len(self.store.add_samples(refs, flush=False))
-                new_samples += len(refs)
-            if len(page.samples) < self.page_size or not refs:
+            usable = [s for s in page.samples if s.sample_id > request.after_id and s.bucket_width > 0
+                      and s.bucket_height > 0 and s.role in _ROLES]
+            refs = [(s.sample_id, s.bucket_width, s.bucket_height) for s in usable
+                    if s.role == dataset_pb2.SAMPLE_ROLE_TRAINING]
+            reg_refs = [(s.sample_id, s.bucket_width, s.bucket_height) for s in usable
+                        if s.role == dataset_pb2.SAMPLE_ROLE_REGULARIZATION]
+            if len(usable) != len(page.samples):
+                logger.warning(f"dataset service at {self.address} sent {len(page.samples) - len(usable)} sample refs "
+                               f"out of order, without a bucket or of an unknown role; skipped them")
+            if usable:
+                new_chunks += len(self.store.add_samples(refs, flush=False, reg_samples=reg_refs))
+                new_samples += len(usable)
+            if len(page.samples) < self.page_size or not usable:
                 break
         if new_samples == 0:  # the dataset stopped growing: remainders become chunks of their own
             new_chunks += len(self.store.add_samples([], flush=True))
         return new_samples, new_chunks
+
+    def _warn_reg_problem(self, *, quiet: bool) -> None:
+        """reg_ratio > 0 and the synced dataset holds no regularization samples: nothing is leased; say why (once a
+        minute, once the dataset stopped growing)."""
+        problem = self.store.reg_problem()
+        now = time.monotonic()
+        if problem and quiet and now - self._reg_warned_at >= REG_WARNING_INTERVAL_S:
+            self._reg_warned_at = now
+            logger.error(f"no chunk is leased: {problem}")
 
     def _run(self) -> None:
         wait = 0.0  # the first pass runs at once
@@ -104,5 +122,6 @@ class DatasetSync:
                                 f"({len(self.store.queue.chunks)} chunks in all)")
                 # Right after new samples, look again soon: a quiet pass flushes the buckets' remainders.
                 wait = self.settle if new_samples else self.interval
+                self._warn_reg_problem(quiet=not new_samples)
             finally:
                 self.passes += 1
