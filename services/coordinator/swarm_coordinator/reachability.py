@@ -21,6 +21,7 @@ import ipaddress
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -164,27 +165,39 @@ def verdict(results: Sequence[AddressResult], *, observed: str) -> tuple[int, st
 
 def check_addresses(multiaddrs: Sequence[str], *, caller_ip, dialer: Callable[..., tuple[bool, str]] = dial,
                     timeout: float = DIAL_TIMEOUT_S, max_dials: int = MAX_DIALS_PER_CHECK) -> list[AddressResult]:
-    """Each registered multiaddr judged: dialled (at most `max_dials` distinct ip:port), judged private, or refused."""
-    results, dialled = [], {}
+    """Each registered multiaddr judged: dialled (at most `max_dials` distinct ip:port, in parallel, so a check takes
+    one `timeout` at most), judged private, or refused."""
+    plan: list[tuple[str, object, int | None, str]] = []  # (multiaddr, (ip, port) to dial | Decision | None, port, why)
+    targets: list[tuple] = []
     for multiaddr in multiaddrs:
         target = tcp_target(multiaddr)
         if isinstance(target, str):
-            results.append(AddressResult(multiaddr, False, False, target))
+            plan.append((multiaddr, None, None, target))
             continue
         ip, port = target
         decision, why = dial_decision(ip, caller_ip=caller_ip)
-        if decision is Decision.PRIVATE_FROM_PUBLIC:
+        if decision is Decision.DIAL and target not in targets:
+            if len(targets) >= max_dials:
+                decision, why = Decision.REFUSE, f"at most {max_dials} addresses are dialled per check"
+            else:
+                targets.append(target)
+        plan.append((multiaddr, target if decision is Decision.DIAL else decision, port, why))
+    found: dict[tuple, tuple[bool, str]] = {}
+    if targets:
+        with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="reachability") as pool:
+            futures = {target: pool.submit(dialer, *target, timeout=timeout) for target in targets}
+            found = {target: future.result() for target, future in futures.items()}
+    results = []
+    for multiaddr, what, port, why in plan:
+        if what is None:
+            results.append(AddressResult(multiaddr, False, False, why))
+        elif what is Decision.PRIVATE_FROM_PUBLIC:
             results.append(AddressResult(multiaddr, False, False, why, port, private=True))
-        elif decision is Decision.REFUSE:
+        elif what is Decision.REFUSE:
             results.append(AddressResult(multiaddr, False, False, f"not dialled: {why}", port))
-        elif (ip, port) not in dialled and len(dialled) >= max_dials:
-            results.append(AddressResult(multiaddr, False, False, f"not dialled: at most {max_dials} addresses are "
-                                                                  f"dialled per check", port))
         else:
-            if (ip, port) not in dialled:
-                dialled[(ip, port)] = dialer(ip, port, timeout=timeout)
-            reachable, found = dialled[(ip, port)]
-            results.append(AddressResult(multiaddr, True, reachable, found, port))
+            reachable, result = found[what]
+            results.append(AddressResult(multiaddr, True, reachable, result, port))
     return results
 
 
