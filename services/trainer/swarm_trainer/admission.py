@@ -5,6 +5,11 @@ Order matters: the credential binds the peer id, so the libp2p identity is made 
 folder: a restarted trainer keeps its peer id), then the credential is fetched, then the DHT starts with that
 identity and the credential authorizer. The renewal loop refreshes the credential file at half its lifetime; the DHT
 (a forked process) reads that file whenever its current credential nears expiry.
+
+Weight budgets (swarm.trust.budget): once per heartbeat interval a thread asks the coordinator's ListPeers what each
+peer was credited and holds in leases, and hands that to this peer's guarded averagers, which cap every sender's claim
+by what is left of it. When the coordinator cannot be reached the budgets age out and the averagers fall back to the
+per-round caps (logged once here, once per averager there).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from prometheus_client import Gauge
 
 from swarm.logs import get_logger
 from swarm.trust.admission import TrustSettings, publish_credential
+from swarm.trust.budget import budget_slack, budgets_from_peers
 from swarm.trust.dht_auth import CredentialAuthorizer, CredentialFile, load_or_create_identity
 from swarm.v1 import coordinator_pb2 as pb
 
@@ -80,10 +86,51 @@ class Admission:
                 if self._stop.wait(RETRY_S):
                     return
 
+    def start_budgets(self, run, *, interval: float) -> None:
+        """Refresh the averagers' weight budgets every `interval` seconds from `run` (a PeerRun: its engine's backend
+        and its config are read at each pass, so a backend built later or a new config version are picked up)."""
+        self._budget_thread = threading.Thread(target=self._budget_loop, args=(run, interval), name="weight-budgets",
+                                               daemon=True)
+        self._budget_thread.start()
+
+    def _budget_loop(self, run, interval: float) -> None:
+        failing, delay = False, min(1.0, interval)  # quickly at first: the backend appears a little after start
+        while not self._stop.wait(delay):
+            engine = getattr(run, "engine", None)
+            targets = budget_targets(engine.backend) if engine is not None and run.config is not None else []
+            if not targets:
+                continue
+            delay = interval
+            try:
+                budgets = budgets_from_peers(self.client.list_peers().peers, fetched_at=time.time(),
+                                             slack=budget_slack(target_batch_size=run.config.target_batch_size,
+                                                                chunk_size=run.config.chunk_size),
+                                             heartbeat_interval_s=interval)
+                for target in targets:
+                    target.set_weight_budgets(budgets)
+            except Exception as e:  # noqa: BLE001 - retried next interval; the averagers age the old budgets out
+                if not failing:
+                    logger.warning(f"could not refresh the weight budgets from the coordinator ({e!r}); once the last "
+                                   f"ones are a few heartbeats old, claims are capped per round only")
+                failing = True
+            else:
+                if failing:
+                    logger.info("weight budgets from the coordinator again")
+                failing = False
+
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in (self._thread, getattr(self, "_budget_thread", None)):
+            if thread is not None:
+                thread.join(timeout=5)
+
+
+def budget_targets(backend) -> list:
+    """The guarded averagers (or guarded hivemind.Optimizer) of a swarm backend that take weight budgets: the sync
+    backend's optimizer, the DiLoCo backend's averager; none when the checks are off."""
+    optimizer = getattr(backend, "optimizer", None)
+    candidates = (optimizer, getattr(optimizer, "averager", None))
+    return [c for c in candidates if c is not None and callable(getattr(c, "set_weight_budgets", None))]
 
 
 def contributions(stats: dict[str, dict]) -> list[pb.Contribution]:

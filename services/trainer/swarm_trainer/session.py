@@ -111,6 +111,8 @@ def join(run) -> None:
     run.metrics_server = MetricsServer(host=options.metrics_host, port=options.metrics_port)
     write_ready_file(options.ready_file, **run.ready_info())
     run.start_heartbeat(registration.heartbeat_interval_s or 30.0)
+    if getattr(run, "admission", None) is not None:  # weight budgets for the guarded averagers (swarm.trust.budget)
+        run.admission.start_budgets(run, interval=registration.heartbeat_interval_s or 30.0)
     logger.info(f"training on {device} ({precision}), batch size {options.batch_size}; metrics on port "
                 f"{run.metrics_server.port}")
 
