@@ -20,6 +20,7 @@ from swarm_coordinator.reachability import (
     check_addresses,
     dial_decision,
     tcp_target,
+    verdict,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,12 +66,31 @@ def test_only_direct_tcp_addresses_are_dial_targets():
     ("172.18.0.4", "172.18.0.1", Decision.DIAL),  # compose: a private network on both sides
     ("127.0.0.1", "172.18.0.1", Decision.REFUSE),  # not the coordinator's own loopback services for a LAN caller
     ("1.1.1.1", "127.0.0.1", Decision.REFUSE),
-    ("169.254.169.254", "169.254.169.254", Decision.REFUSE),  # cloud metadata and other link-local: never
-    ("0.0.0.0", "127.0.0.1", Decision.REFUSE),
+    ("169.254.169.254", "169.254.169.254", Decision.UNUSABLE),  # cloud metadata and other link-local: never
+    ("0.0.0.0", "127.0.0.1", Decision.UNUSABLE),
 ])
 def test_who_may_be_dialled(address, caller, decision):
     assert dial_decision(ip(address), caller_ip=ip(caller))[0] is decision
-    assert dial_decision(ip(address), caller_ip=None)[0] is Decision.REFUSE
+    assert dial_decision(ip(address), caller_ip=None)[0] in (Decision.REFUSE, Decision.UNUSABLE)
+
+
+def test_the_verdict_claims_unreachable_only_when_no_address_might_be_reachable():
+    me = peer_id("me")
+
+    def refused(host, port, *, timeout):
+        return False, "connection refused"
+
+    def verdict_for(*hosts, caller="1.1.1.1"):
+        results = check_addresses([f"/ip4/{h}/tcp/31337/p2p/{me}" for h in hosts], caller_ip=ip(caller),
+                                  dialer=refused)
+        return verdict(results, observed=caller)
+
+    outcome, message = verdict_for("192.168.1.5", "127.0.0.1")  # the usual NAT: only private addresses
+    assert outcome == Verdict.UNREACHABLE and "--announce-maddrs /ip4/1.1.1.1/tcp/31337" in message
+    assert verdict_for("1.1.1.1", "0.0.0.0")[0] == Verdict.UNREACHABLE  # the dial failed, 0.0.0.0 dials nowhere
+    outcome, message = verdict_for("192.168.1.5", "8.8.8.8")  # 8.8.8.8 might answer: not the coordinator's to try
+    assert outcome == Verdict.NOT_VERIFIED and "8.8.8.8 is not the host this call came from" in message
+    assert verdict(check_addresses([], caller_ip=ip("1.1.1.1")), observed="1.1.1.1")[0] == Verdict.NOT_VERIFIED
 
 
 def test_dials_are_capped_per_check_and_deduplicated():

@@ -40,7 +40,8 @@ Verdict = pb.CheckReachabilityResponse.Verdict
 class Decision(enum.Enum):
     DIAL = "dial"
     PRIVATE_FROM_PUBLIC = "private"  # not reachable from outside, known without dialling
-    REFUSE = "refuse"
+    UNUSABLE = "unusable"  # no peer can dial it (0.0.0.0, link-local, multicast): unreachable, never dialled
+    REFUSE = "refuse"  # might be reachable, but not the coordinator's to dial: the check is not verified
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class AddressResult:
     reachable: bool
     reason: str
     port: int | None = None
-    private: bool = False  # a private address announced to a public caller: unreachable, known without a dial
+    undialable: bool = False  # private (to a public caller) or unusable: unreachable, known without a dial
 
     def message(self) -> pb.AddressReachability:
         return pb.AddressReachability(multiaddr=self.multiaddr, dialled=self.dialled, reachable=self.reachable,
@@ -101,7 +102,7 @@ def dial_decision(ip, *, caller_ip) -> tuple[Decision, str]:
     if caller_ip is None:
         return Decision.REFUSE, "the call's source address is unknown, so no address is known to be the caller's"
     if ip.is_unspecified or ip.is_link_local or ip.is_multicast or ip.is_reserved:
-        return Decision.REFUSE, f"{ip} is not an address another peer can dial"
+        return Decision.UNUSABLE, f"{ip} is not an address another peer can dial"
     if ip == caller_ip:
         return Decision.DIAL, "the host this call came from"
     if caller_ip.is_loopback and _local(ip):
@@ -148,10 +149,11 @@ def verdict(results: Sequence[AddressResult], *, observed: str) -> tuple[int, st
     if any(r.reachable for r in results):
         good = next(r for r in results if r.reachable)
         return Verdict.REACHABLE, f"reachable: the coordinator connected to {good.multiaddr}"
-    judged = [r for r in results if r.dialled or r.private]
-    if not judged:
+    judged = [r for r in results if r.dialled or r.undialable]
+    unverified = [r for r in results if not (r.dialled or r.undialable)]
+    if unverified or not judged:  # an address it would not dial may well be reachable: say so, claim nothing
         reasons = "; ".join(f"{r.multiaddr}: {r.reason}" for r in results) or "no addresses are registered"
-        return Verdict.NOT_VERIFIED, f"not verified, because nothing was dialled ({reasons})"
+        return Verdict.NOT_VERIFIED, f"not verified, because not every address could be dialled ({reasons})"
     port = next((r.port for r in judged if r.port), None)
     port_text = f"TCP port {port}" if port else "the peer's TCP port"
     details = "; ".join(f"{r.multiaddr}: {r.reason}" for r in judged)
@@ -191,8 +193,8 @@ def check_addresses(multiaddrs: Sequence[str], *, caller_ip, dialer: Callable[..
     for multiaddr, what, port, why in plan:
         if what is None:
             results.append(AddressResult(multiaddr, False, False, why))
-        elif what is Decision.PRIVATE_FROM_PUBLIC:
-            results.append(AddressResult(multiaddr, False, False, why, port, private=True))
+        elif what in (Decision.PRIVATE_FROM_PUBLIC, Decision.UNUSABLE):
+            results.append(AddressResult(multiaddr, False, False, why, port, undialable=True))
         elif what is Decision.REFUSE:
             results.append(AddressResult(multiaddr, False, False, f"not dialled: {why}", port))
         else:
