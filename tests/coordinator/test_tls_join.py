@@ -123,3 +123,18 @@ def test_swarm_host_serves_tls_off_loopback_with_a_certificate_made_once(tmp_pat
     assert env == {tls.CA_FILE_ENV: cert, tls.FINGERPRINT_ENV: ""}  # children dial each other on 127.0.0.1
     assert fingerprint == tls.fingerprint_of_file(cert)
     assert _host_tls(tmp_path, bind_host="0.0.0.0", public_host="h.example", insecure=False)[2] == fingerprint
+
+
+def test_the_status_pages_join_line_pins_the_served_certificate(coordinator, tmp_path):
+    import json
+    import urllib.request
+
+    from swarm_coordinator.statuspage.settings import StatusPageSettings
+
+    cert, key = str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
+    fingerprint = tls.make_self_signed(cert, key, hostnames=["localhost", "127.0.0.1"])
+    server, _ = coordinator(tls_cert=cert, tls_key=key, status_page=StatusPageSettings(
+        port=0, host="127.0.0.1", public_address="swarm.example.org:50051"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.status_port}/api/status", timeout=10) as page:
+        command = json.load(page)["join"]["command"]
+    assert f"--coordinator swarm.example.org:50051 --tls-fingerprint {fingerprint} " in command

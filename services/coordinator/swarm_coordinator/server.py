@@ -22,6 +22,7 @@ from swarm.procs import write_ready_file
 from swarm.rpc import TokenAuthInterceptor, bind, make_server, set_serving
 from swarm.runconfig import load_yaml
 from swarm.shutdown import stop_event_on_signals
+from swarm.tls import fingerprint_of_file
 from swarm.v1 import coordinator_pb2_grpc as pb_grpc
 from swarm_coordinator import db, metrics
 from swarm_coordinator.admission import AdmissionRpcs, ContributionBook, RevocationWatch, random_run_id
@@ -178,7 +179,9 @@ def start(settings: CoordinatorSettings, *, clock: Callable[[], float] = time.ti
                                 services=lambda: host_services(
                                     dataset_up=sync.up if sync else None, bootstrap_up=source.up if source else None,
                                     bootstrap_url=source is not None),
-                                bootstrap_addresses=lambda: parts["peers"].bootstrap_peers)
+                                bootstrap_addresses=lambda: parts["peers"].bootstrap_peers,
+                                # the page's join line pins the certificate served here, as token create's do
+                                tls_fingerprint=fingerprint_of_file(settings.tls_cert) if settings.tls_cert else None)
             status_server = status.start_server()
             pieces.callback(status_server.close)
             upkeep_tasks.append(("status history", status.sample_if_due))

@@ -45,6 +45,7 @@ class JoinInfo:
     coordinator: str  # HOST:PORT peers dial
     image: str
     token_contact: str  # where a newcomer asks for a join token
+    tls_fingerprint: str | None = None  # of the certificate the coordinator serves: the join line pins it
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,9 @@ def history_series(points: Sequence[Point]) -> dict[str, list]:
 
 def join_command(join: JoinInfo) -> str:
     """The one line a volunteer runs (as in the README), with TOKEN to replace by the token they were given."""
+    pin = f" --tls-fingerprint {join.tls_fingerprint}" if join.tls_fingerprint else ""
     return (f"docker run --gpus all --rm --shm-size=8g -v swarm-trainer:/data -e SWARM_TOKEN=TOKEN {join.image} "
-            f"swarm train --coordinator {join.coordinator} --output-dir /data/run --client-mode --use-auto-relay")
+            f"swarm train --coordinator {join.coordinator}{pin} --output-dir /data/run --client-mode --use-auto-relay")
 
 
 def build_status(s: StatusSnapshot) -> dict[str, Any]:

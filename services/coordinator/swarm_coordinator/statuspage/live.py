@@ -98,10 +98,11 @@ class LiveStatus:
     def __init__(self, store, *, settings: StatusPageSettings, coordinator_address: str,
                  services: Callable[[], Sequence[ServiceHealth]] = lambda: (),
                  bootstrap_addresses: Callable[[], Sequence[str]] = lambda: (),
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, tls_fingerprint: str | None = None):
         self.store, self.settings, self.clock = store, settings, clock or store.clock
         self.join = JoinInfo(coordinator=join_address(settings, bound=coordinator_address),
-                             image=settings.join_image, token_contact=settings.token_contact)
+                             image=settings.join_image, token_contact=settings.token_contact,
+                             tls_fingerprint=tls_fingerprint)
         self._services, self._bootstrap = services, bootstrap_addresses
         self._last_sample: float | None = None
 
