@@ -3,6 +3,7 @@
 `train` runs it until the coordinator says the run is complete or the peer is stopped; each step is one function:
 lease_chunks (prefetcher's thread), stream_chunks, train_chunk, report_chunk. After each chunk: periodic
 checkpoint and sample grid. Leases that cannot be trained are released (release_leases) so another peer takes them.
+A lease's regularization samples (reg_sample_ids) are streamed and trained with its chunk (prior.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import grpc
 
 from swarm.logs import get_logger
 from swarm_trainer import metrics
-from swarm_trainer.leases import batches
+from swarm_trainer.prior import chunk_batches, stream_order
 
 logger = get_logger(__name__)
 
@@ -45,7 +46,8 @@ def train(run) -> None:
                 if run.stop.is_set():
                     break
                 last_saved_epoch = _maybe_save_periodic(run, last_saved_epoch)
-                _maybe_sample(run, samples)
+                reg = set(lease.reg_sample_ids)
+                _maybe_sample(run, [sample for sample in samples if sample[2] not in reg])
     finally:
         bar.close()
 
@@ -53,7 +55,8 @@ def train(run) -> None:
 def lease_chunks(run):
     """1. Lease, in the prefetcher's thread: one chunk at a time; wait (poll) while none is free yet.
 
-    Yields (lease, sample ids) for the prefetcher to stream; returns when the run is complete or the peer stops.
+    Yields (lease, sample ids) for the prefetcher to stream, the lease's regularization samples spread among its
+    chunk's (prior.stream_order); returns when the run is complete or the peer stops.
     """
     while not run.stop.is_set():
         try:
@@ -71,7 +74,7 @@ def lease_chunks(run):
         if response.leases:
             for lease in response.leases:
                 run.leases.add(lease)
-                yield lease, list(lease.sample_ids)
+                yield lease, stream_order(list(lease.sample_ids), list(lease.reg_sample_ids))
         elif response.run_complete:
             run.run_complete = True
             return
@@ -106,12 +109,14 @@ def stream_chunks(run, prefetcher):
 
 
 def train_chunk(run, lease, samples, bar) -> bool:
-    """3. Train: the chunk's samples in local batches; False when the peer was stopped before it finished."""
+    """3. Train: the chunk's samples (and regularization samples) in local batches; False when the peer was stopped
+    before it finished."""
     engine = run.engine
-    for batch in batches(samples, run.options.batch_size):
+    for batch, prior in chunk_batches(samples, run.options.batch_size, reg_ids=lease.reg_sample_ids):
         images = [image for image, _, _ in batch]
         captions = [caption for _, caption, _ in batch]
-        loss = engine.train_batch(images, captions, sample_ids=[sample_id for _, _, sample_id in batch])
+        loss = engine.train_batch(images, captions, sample_ids=[sample_id for _, _, sample_id in batch],
+                                  prior=prior if any(prior) else None)
         bar.update(len(batch))
         if run.wandb_run is not None:
             run.wandb_run.log({"loss": loss, "lr": engine.backend.lr, "global_epoch": engine.local_epoch,

@@ -154,8 +154,9 @@ class TrainEngine:
                       total_steps=self.lr_total_steps or self.config.lr_total_steps)
 
     def train_batch(self, images: Sequence, captions: Sequence[str],
-                    sample_ids: Sequence[int] | None = None) -> float:
-        """Forward, backward and exactly one optimizer.step() for one local batch; returns the loss."""
+                    sample_ids: Sequence[int] | None = None, prior: Sequence[bool] | None = None) -> float:
+        """Forward, backward and exactly one optimizer.step() for one local batch; returns the loss. `prior` marks
+        regularization samples, whose loss is weighted by the run config's prior_loss_weight (prior.py)."""
         started = time.perf_counter()
         captions = drop_captions(captions, ucg=self.config.ucg, rng=self.caption_rng)
         input_ids = tokenize(self.models.tokenizer, captions)
@@ -168,7 +169,7 @@ class TrainEngine:
         else:
             pixels = pil_to_pixels(images, device=self.device)
         loss = compute_loss(self.models, pixels, input_ids, options=self.options, generator=self.generator,
-                            latents=latents)
+                            latents=latents, prior=prior)
         if not torch.isfinite(loss):
             # A non-finite loss would poison the accumulated gradients of the whole swarm; hivemind.GradScaler
             # handles fp16 overflow, anything else is a bug worth stopping for.

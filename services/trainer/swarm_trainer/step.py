@@ -2,6 +2,8 @@
 
 latents = VAE-encode(pixels) * scaling_factor; noise; random timesteps; noisy latents from the scheduler; text
 embeddings; target = noise (epsilon) or the scheduler's velocity (v-prediction); MSE.
+With regularization samples in the batch (`prior`), the loss is diffusers' train_dreambooth.py prior preservation:
+instance loss + prior_loss_weight * prior loss, each a mean over its own samples (prior.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as functional
+
+from swarm_trainer.prior import prior_loss
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -30,11 +34,13 @@ class StepOptions:
     max_prompt_windows: int = MAX_PROMPT_WINDOWS
     min_snr_gamma: float = 0.0  # 0 disables min-SNR-gamma weighting
     noise_offset: float = 0.0
+    prior_loss_weight: float = 1.0  # weight of the regularization samples' loss (DreamBooth prior preservation)
 
     @classmethod
     def from_config(cls, config, *, precision: str = "fp32") -> "StepOptions":
         return cls(precision=precision, clip_penultimate=config.clip_penultimate,
-                   min_snr_gamma=config.min_snr_gamma, noise_offset=config.noise_offset)
+                   min_snr_gamma=config.min_snr_gamma, noise_offset=config.noise_offset,
+                   prior_loss_weight=config.prior_loss_weight)
 
 
 def drop_captions(captions: Sequence[str], *, ucg: float, rng: random.Random) -> list[str]:
@@ -152,14 +158,23 @@ def sample_noise(latents: torch.Tensor, *, noise_offset: float = 0.0,
 
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
-                   options: StepOptions = StepOptions(), generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise the latents at random timesteps and return the MSE of the UNet's prediction against the target."""
+                   options: StepOptions = StepOptions(), generator: torch.Generator | None = None,
+                   prior: Sequence[bool] | None = None) -> torch.Tensor:
+    """Noise the latents at random timesteps and return the MSE of the UNet's prediction against the target.
+
+    `prior` marks the batch's regularization samples; with any, the loss is prior.prior_loss's. Without, it is
+    the plain loss, computed exactly as before regularization images existed."""
     noise = sample_noise(latents, noise_offset=options.noise_offset, generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                               generator=generator, device=latents.device).long()
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     target = training_target(noise_scheduler, latents, noise, timesteps)
     model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+    if prior is not None and any(prior):
+        weights = (min_snr_weights(noise_scheduler, timesteps, options.min_snr_gamma)
+                   if options.min_snr_gamma > 0 else None)
+        return prior_loss(model_pred, target, prior=prior, prior_loss_weight=options.prior_loss_weight,
+                          instance_weights=weights)
     if options.min_snr_gamma <= 0:
         return functional.mse_loss(model_pred.float(), target.float(), reduction="mean")
     per_sample = functional.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -168,8 +183,9 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
 
 def compute_loss(models, pixels: torch.Tensor | None, input_ids: torch.Tensor, *,
                  options: StepOptions = StepOptions(), generator: torch.Generator | None = None,
-                 latents: torch.Tensor | None = None) -> torch.Tensor:
-    """The whole SD loss for one batch (from pixels, or from cached `latents`); call .backward() on the result."""
+                 latents: torch.Tensor | None = None, prior: Sequence[bool] | None = None) -> torch.Tensor:
+    """The whole SD loss for one batch (from pixels, or from cached `latents`); call .backward() on the result.
+    `prior` marks regularization samples (DreamBooth prior preservation; see diffusion_loss)."""
     device = next(models.unet.parameters()).device
     with autocast_context(options.precision, device):
         if latents is None:
@@ -179,4 +195,4 @@ def compute_loss(models, pixels: torch.Tensor | None, input_ids: torch.Tensor, *
             encoder_hidden_states = encode_text(models.text_encoder, input_ids,
                                                 clip_penultimate=options.clip_penultimate)
         return diffusion_loss(models.unet, models.noise_scheduler, latents.to(device), encoder_hidden_states,
-                              options=options, generator=generator)
+                              options=options, generator=generator, prior=prior)
