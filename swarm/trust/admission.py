@@ -35,6 +35,8 @@ class TrustSettings:
     :param ban_s: a peer whose contribution was dropped (non-finite parts, a garbage answer for the slice it reduced,
       a bad state) is left out of this peer's averaging for this long; clipping alone never bans (honest peers get
       clipped now and then).
+    :param budgets_path: the file the trainer keeps the coordinator's weight budgets in (swarm.trust.budget); None:
+      claims are capped per round only.
     """
     run_id: str
     coordinator_public_key: bytes
@@ -44,6 +46,7 @@ class TrustSettings:
     lookup_timeout_s: float = 5.0
     max_state_distance: float = 10.0
     ban_s: float = 60.0
+    budgets_path: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "coordinator_public_key",

@@ -10,9 +10,12 @@ sender and caps the sender's claim in the next round by what is left (`remaining
 robust.py (the credential's `max_weight`, a multiple of the round's median claim) still apply on top.
 
 Trainers learn allowances from the coordinator's ListPeers (`samples_contributed`, `samples_leased`) once per
-heartbeat and hand them to their averagers as a `WeightBudgets` (plain data, crosses into hivemind's forked averager
-process). Budgets older than `valid_s` mean the coordinator could not be reached: the averagers then fall back to the
-per-round caps alone (the caller logs that once), rather than starving honest peers on stale numbers.
+heartbeat and write them as a `WeightBudgets` to a small JSON file (`write_budgets`, atomic); each averager, a process
+hivemind forked, re-reads it when it changed (`BudgetFile`, one stat per round), named by TrustSettings.budgets_path.
+A file rather than the averager's control pipe: hivemind already writes that pipe from several threads, and a message
+over PIPE_BUF bytes from one more thread could interleave with them. Budgets older than `valid_s` mean the
+coordinator could not be reached: the averagers then fall back to the per-round caps alone (logged once), rather than
+starving honest peers on stale numbers.
 
 The slack is max(target batch, 2 chunks): one round's worth, or the chunk being trained plus the one prefetched. A
 newcomer the coordinator has not told us about yet therefore gets a small, non-zero budget for its first chunk, and an
@@ -26,9 +29,12 @@ All functions here are pure (no hivemind, no torch), tested alone in tests/trust
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping
 
 # Budgets fetched longer ago than this many heartbeat intervals are stale (the coordinator is unreachable).
@@ -92,6 +98,41 @@ def budgets_from_peers(peers: Iterable, *, slack: float, fetched_at: float, hear
                                                  leased=getattr(peer, "samples_leased", 0), slack=0.0)
     return WeightBudgets(allowances=allowances, slack=slack, fetched_at=fetched_at,
                          valid_s=max(1.0, STALE_AFTER_HEARTBEATS * heartbeat_interval_s))
+
+
+def write_budgets(path: str | os.PathLike, budgets: WeightBudgets) -> None:
+    """Write budgets as JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"allowances": dict(budgets.allowances), "slack": budgets.slack,
+                               "fetched_at": budgets.fetched_at, "valid_s": budgets.valid_s}))
+    os.replace(tmp, path)
+
+
+class BudgetFile:
+    """The budgets in a file `write_budgets` keeps current; re-read only when it changed. None when there is none
+    yet or it cannot be read (the caller then uses the per-round caps)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._stamp, self._budgets = None, None
+
+    def load(self) -> WeightBudgets | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            try:
+                fields = json.loads(self.path.read_text())
+                self._budgets = WeightBudgets(allowances={str(k): float(v) for k, v in fields["allowances"].items()},
+                                              slack=float(fields["slack"]), fetched_at=float(fields["fetched_at"]),
+                                              valid_s=float(fields["valid_s"]))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self._budgets = None
+            self._stamp = stamp
+        return self._budgets
 
 
 class WeightLedger:

@@ -9,7 +9,6 @@ THE interface (the sync backend and the DiLoCo averager both use it):
     optimizer = optimizer_class(settings)(dht=dht, run_id=..., ...)            # hivemind.Optimizer, both averagers
     averager.trust_stats()  # {peer_id: {"token": name, "accepted": n, "clipped": n, "dropped": n, "refused": n,
                             #            "weight": total weight accepted}}
-    averager.set_weight_budgets(budgets)  # swarm.trust.budget.WeightBudgets, every heartbeat (optimizer too)
 
 With `settings.enabled` False (or settings None) these return hivemind's own classes, untouched.
 
@@ -23,8 +22,8 @@ What the guard does, in the averager's own process (hivemind 1.1.12 runs each av
 - matchmaking never asks a peer without a credential (or a banned one) to lead its group;
 - before an all-reduce, every groupmate must hold a credential (a credentialed leader cannot smuggle an outsider in);
   the all-reduce runs `RobustAllReduceRunner`, with each sender's weight capped by its credential's `max_weight` and
-  by what is left of its weight budget (swarm.trust.budget; the trainer hands fresh budgets in with
-  `set_weight_budgets` every heartbeat; without fresh ones only the per-round caps apply).
+  by what is left of its weight budget (swarm.trust.budget; the trainer refreshes the file
+  `settings.budgets_path` every heartbeat; without fresh budgets only the per-round caps apply).
 - a downloaded state must come from a credentialed peer, be finite, and be within `max_state_distance` x the local
   norm of the local copy; otherwise the next peer is tried.
 The guarded class keeps its base class's name: hivemind derives RPC handle names from the class name, so guarded and
@@ -55,7 +54,7 @@ from hivemind.utils.streaming import combine_from_streaming
 
 from swarm.logs import get_logger
 from swarm.trust.admission import AdmissionCache, TrustSettings
-from swarm.trust.budget import WeightBudgets, WeightLedger
+from swarm.trust.budget import BudgetFile, WeightBudgets, WeightLedger
 from swarm.trust.reducer import RobustAllReduceRunner
 from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER
 
@@ -74,7 +73,8 @@ class AveragerGuard:
         self._trust_counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
         self._trust_tokens: dict[str, str] = {}
         self._banned_until: dict[str, float] = {}
-        self._weight_ledger, self._weight_budgets, self._budgets_were_fresh = WeightLedger(), None, None
+        self._weight_ledger, self._budgets_were_fresh = WeightLedger(), None
+        self._budget_file = BudgetFile(trust.budgets_path) if trust.budgets_path else None
         super().__init__(*args, **kwargs)
 
     # hivemind creates its Matchmaking inside the averager process with no hook; this setter makes it a guarded one.
@@ -101,16 +101,9 @@ class AveragerGuard:
                                       weight=self._weight_ledger.accepted.get(peer, 0.0))
                            for peer, counts in self._trust_counts.items()})
 
-    def set_weight_budgets(self, budgets: WeightBudgets) -> None:
-        """Hand the averager process fresh weight budgets (swarm.trust.budget); returns at once."""
-        self._outer_pipe.send(("_set_weight_budgets", [budgets], {}))
-
-    async def _set_weight_budgets(self, budgets: WeightBudgets):
-        self._weight_budgets = budgets
-
     def _fresh_weight_budgets(self) -> WeightBudgets | None:
-        """The budgets to cap claims with, or None (never given, or stale: logged once per change)."""
-        budgets = self._weight_budgets
+        """The budgets to cap claims with, or None (none written yet, or stale: logged once per change)."""
+        budgets = self._budget_file.load() if self._budget_file is not None else None
         fresh = budgets is not None and budgets.fresh()
         if budgets is not None and fresh != self._budgets_were_fresh:
             logger.log(logging.INFO if fresh else logging.WARNING,
@@ -373,12 +366,6 @@ def _guarded_optimizer(settings: TrustSettings) -> type:
                            custom_gradients=self.offload_optimizer, status_loglevel=self.status_loglevel,
                            next_chunk_timeout=self.next_chunk_timeout, client_mode=self.client_mode,
                            auxiliary=self.auxiliary, start=True, **kwargs)
-
-        def set_weight_budgets(self, budgets) -> None:
-            """Fresh weight budgets (swarm.trust.budget) for both averagers."""
-            for averager in (self.grad_averager, self.state_averager):
-                if averager is not None and hasattr(averager, "set_weight_budgets"):
-                    averager.set_weight_budgets(budgets)
 
         def trust_stats(self) -> dict[str, dict]:
             """Counts from both averagers, summed per peer."""

@@ -7,12 +7,14 @@ from types import SimpleNamespace
 import pytest
 
 from swarm.trust.budget import (
+    BudgetFile,
     WeightBudgets,
     WeightLedger,
     allowance,
     budget_slack,
     budgets_from_peers,
     remaining_budget,
+    write_budgets,
 )
 
 NOW = 1000.0
@@ -100,3 +102,15 @@ def test_ledger_ignores_junk_and_stays_bounded():
         WeightBudgets(slack=-1)
     with pytest.raises(ValueError, match="valid_s"):
         WeightBudgets(valid_s=0)
+
+
+def test_budgets_travel_to_the_averager_process_in_a_file(tmp_path):
+    path = tmp_path / "weight-budgets.json"
+    reader = BudgetFile(path)
+    assert reader.load() is None  # nothing written yet: per-round caps only
+    write_budgets(path, budgets(info("p", 64, 128)))
+    assert reader.load().allowance_of("p") == 64 + 128 + TARGET_BATCH
+    write_budgets(path, budgets(info("p", 128, 64), fetched_at=NOW + 1))
+    assert reader.load().fetched_at == NOW + 1  # re-read once it changed
+    path.write_text("{not json")
+    assert reader.load() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -26,15 +27,17 @@ def pair(tmp_path_factory):
     signer = Coordinator(tmp_path_factory.mktemp("budget"))
     honest = signer.start_peer("honest", [])
     greedy = signer.start_peer("greedy", maddrs(honest))
-    cls = averager_class(DecentralizedAverager, signer.settings)
-    prefix = f"{signer.settings.run_id}_budget"
-    common = dict(prefix=prefix, trust=signer.settings, start=True, target_group_size=2, min_matchmaking_time=1.0,
+    budget_dir = tmp_path_factory.mktemp("honest-trainer")  # the honest trainer's output folder
+    settings = replace(signer.settings, budgets_path=str(budget_dir / "weight-budgets.json"))
+    cls = averager_class(DecentralizedAverager, settings)
+    prefix = f"{settings.run_id}_budget"
+    common = dict(prefix=prefix, trust=settings, start=True, target_group_size=2, min_matchmaking_time=1.0,
                   request_timeout=1.0, next_chunk_timeout=5.0)
     # The greedy peer is a client: it sends its parts but reduces none, so the honest peer reduces every slice and
     # the averages below are exactly its rules' (a greedy reducer's own slice is the business of test_swarm_guard).
     averagers = [cls([torch.zeros(SIZE)], dht=honest.dht, **common),
                  cls([torch.zeros(SIZE)], dht=greedy.dht, client_mode=True, **common)]
-    yield averagers, greedy.dht.peer_id.to_base58()
+    yield averagers, greedy.dht.peer_id.to_base58(), budget_dir
     for averager in averagers:
         averager.shutdown()
     for peer in (greedy, honest):
@@ -63,11 +66,11 @@ def one_round(averagers, values, weights, *, attempts=3):
     raise AssertionError("the two peers never averaged")
 
 
-def test_a_claim_of_a_million_samples_is_cut_to_what_the_coordinator_let_it_train(pair, coordinator, tmp_path):  # noqa: F811
+def test_a_claim_of_a_million_samples_is_cut_to_what_the_coordinator_let_it_train(pair, coordinator):  # noqa: F811
     """The whole chain: the coordinator leases the greedy peer one 1-sample chunk; the honest trainer's budget thread
-    (swarm_trainer.admission) reads ListPeers and hands the budgets to its guarded averager; the averager cuts the
-    greedy claim to 1 leased + 2 slack, then to nothing; with the coordinator gone the budgets age out."""
-    averagers, greedy_id = pair
+    (swarm_trainer.admission) reads ListPeers and writes the budgets file its guarded averager reads; the averager
+    cuts the greedy claim to 1 leased + 2 slack, then to nothing; with the coordinator gone the budgets age out."""
+    averagers, greedy_id, budget_dir = pair
     honest = averagers[0]
     server, grpc_client = coordinator()
     server.store.add_chunks([((64, 96), [1])])
@@ -75,10 +78,9 @@ def test_a_claim_of_a_million_samples_is_cut_to_what_the_coordinator_let_it_trai
     grpc_client.LeaseChunks(pb.LeaseChunksRequest(peer_id=greedy_id, max_chunks=1,
                                                   config_version=server.store.config.version))
     client = CoordinatorClient(server.address, token=grpc_client.token, timeout=2.0, retry_for=0.5)
-    admission = Admission(client, output_dir=tmp_path)
-    # What the budget thread reads of a PeerRun: its config (slack = max(target batch, 2 chunks) = 2) and backend.
-    run = SimpleNamespace(config=RunConfig(target_batch_size=1, chunk_size=1),
-                          engine=SimpleNamespace(backend=SimpleNamespace(optimizer=honest)))
+    admission = Admission(client, output_dir=budget_dir)
+    # What the budget thread reads of a PeerRun: its config (slack = max(target batch, 2 chunks) = 2).
+    run = SimpleNamespace(config=RunConfig(target_batch_size=1, chunk_size=1))
     admission.start_budgets(run, interval=0.5)
     try:
         time.sleep(1.5)  # the first refresh

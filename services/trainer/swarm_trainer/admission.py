@@ -7,9 +7,10 @@ identity and the credential authorizer. The renewal loop refreshes the credentia
 (a forked process) reads that file whenever its current credential nears expiry.
 
 Weight budgets (swarm.trust.budget): once per heartbeat interval a thread asks the coordinator's ListPeers what each
-peer was credited and holds in leases, and hands that to this peer's guarded averagers, which cap every sender's claim
-by what is left of it. When the coordinator cannot be reached the budgets age out and the averagers fall back to the
-per-round caps (logged once here, once per averager there).
+peer was credited and holds in leases, and writes it to `weight-budgets.json` in the output folder; this peer's
+guarded averagers (hivemind's forked processes) read it and cap every sender's claim by what is left of it. When the
+coordinator cannot be reached the budgets age out and the averagers fall back to the per-round caps (logged once
+here, once per averager there).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from prometheus_client import Gauge
 
 from swarm.logs import get_logger
 from swarm.trust.admission import TrustSettings, publish_credential
-from swarm.trust.budget import budget_slack, budgets_from_peers
+from swarm.trust.budget import budget_slack, budgets_from_peers, write_budgets
 from swarm.trust.dht_auth import CredentialAuthorizer, CredentialFile, load_or_create_identity
 from swarm.v1 import coordinator_pb2 as pb
 
@@ -43,6 +44,7 @@ class Admission:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.identity_path = str(identity_path or output_dir / "peer.identity")
         self.credential_path = output_dir / "credential"
+        self.budgets_path = output_dir / "weight-budgets.json"
         self._stop = stop or threading.Event()
         self._thread: threading.Thread | None = None
         self.settings: TrustSettings | None = None
@@ -52,7 +54,8 @@ class Admission:
         """Make (or load) the identity and fetch the first credential; returns the swarm's trust settings."""
         self.peer_id, self._rsa_key = load_or_create_identity(self.identity_path)
         answer = self._fetch()
-        self.settings = TrustSettings(run_id=answer.run_id, coordinator_public_key=answer.coordinator_public_key)
+        self.settings = TrustSettings(run_id=answer.run_id, coordinator_public_key=answer.coordinator_public_key,
+                                      budgets_path=str(self.budgets_path))
         logger.info(f"credential for peer {self.peer_id} valid for {self.expires_at - time.time():.0f} s")
         return self.settings
 
@@ -87,27 +90,22 @@ class Admission:
                     return
 
     def start_budgets(self, run, *, interval: float) -> None:
-        """Refresh the averagers' weight budgets every `interval` seconds from `run` (a PeerRun: its engine's backend
-        and its config are read at each pass, so a backend built later or a new config version are picked up)."""
+        """Refresh the weight budgets file every `interval` seconds; `run` (a PeerRun) gives the config (read at each
+        pass, so a new config version is picked up)."""
         self._budget_thread = threading.Thread(target=self._budget_loop, args=(run, interval), name="weight-budgets",
                                                daemon=True)
         self._budget_thread.start()
 
     def _budget_loop(self, run, interval: float) -> None:
-        failing, delay = False, min(1.0, interval)  # quickly at first: the backend appears a little after start
+        failing, delay = False, 0.0  # the first at once: the averagers start capping from their first round
         while not self._stop.wait(delay):
-            engine = getattr(run, "engine", None)
-            targets = budget_targets(engine.backend) if engine is not None and run.config is not None else []
-            if not targets:
-                continue
             delay = interval
             try:
                 budgets = budgets_from_peers(self.client.list_peers().peers, fetched_at=time.time(),
                                              slack=budget_slack(target_batch_size=run.config.target_batch_size,
                                                                 chunk_size=run.config.chunk_size),
                                              heartbeat_interval_s=interval)
-                for target in targets:
-                    target.set_weight_budgets(budgets)
+                write_budgets(self.budgets_path, budgets)
             except Exception as e:  # noqa: BLE001 - retried next interval; the averagers age the old budgets out
                 if not failing:
                     logger.warning(f"could not refresh the weight budgets from the coordinator ({e!r}); once the last "
@@ -124,13 +122,6 @@ class Admission:
             if thread is not None:
                 thread.join(timeout=5)
 
-
-def budget_targets(backend) -> list:
-    """The guarded averagers (or guarded hivemind.Optimizer) of a swarm backend that take weight budgets: the sync
-    backend's optimizer, the DiLoCo backend's averager; none when the checks are off."""
-    optimizer = getattr(backend, "optimizer", None)
-    candidates = (optimizer, getattr(optimizer, "averager", None))
-    return [c for c in candidates if c is not None and callable(getattr(c, "set_weight_budgets", None))]
 
 
 def contributions(stats: dict[str, dict]) -> list[pb.Contribution]:
