@@ -206,3 +206,20 @@ def test_sync_routes_roles_and_reg_samples_stream_with_their_lease(coordinator, 
         assert (progress.samples_done, progress.reg_samples_done, progress.run_complete) == (4, 4, True)
     finally:
         dataset.stop(grace=0.5)
+
+
+def test_status_and_metrics_show_regularization_apart(open_store):
+    from swarm_coordinator.metrics import ProgressCollector
+    from swarm_coordinator.status import format_progress
+
+    store = _store_with_samples(open_store, config=RunConfig(chunk_size=4, reg_ratio=0.5),
+                                reg=[(i, *SQUARE) for i in range(100, 104)])
+    for grant in store.lease("p1", 2):
+        store.report("p1", grant.lease_id)
+    text = format_progress(pb.Progress(samples_done=8, samples_total=12, max_data_epochs=1, reg_samples_done=8,
+                                       reg_samples_total=4), now=0)
+    assert "regularization:    8 samples done riding along (4 in the set)" in text
+    assert "regularization" not in format_progress(pb.Progress(samples_done=8), now=0)
+    families = {f.name: f for f in ProgressCollector(store.progress).collect()}
+    assert families["swarm_coordinator_reg_samples_done"].samples[0].value == 8
+    assert families["swarm_coordinator_samples_done"].samples[0].value == 8

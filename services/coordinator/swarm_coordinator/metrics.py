@@ -62,6 +62,8 @@ class ProgressCollector:
         # A counter (exposed as ..._total): it only grows, and the dashboards and the no-progress alert rate() it.
         yield CounterMetricFamily(f"{PREFIX}samples_done", "Samples trained and counted (a sample trained twice "
                                   "counts twice)", value=p.samples_done)
+        yield CounterMetricFamily(f"{PREFIX}reg_samples_done", "Regularization samples trained and counted (riding "
+                                  "along with counted chunks; not in samples_done)", value=p.reg_samples_done)
         for name, doc, value in (
             ("samples_total", "Samples in chunks (one data epoch)", p.samples_total),
             ("samples_pending", "Samples synced from the dataset, waiting to fill a chunk", p.samples_pending),

@@ -35,6 +35,8 @@ def format_progress(p: pb.Progress, *, now: float | None = None) -> str:
     lines = [
         f"run complete:      {'yes' if p.run_complete else 'no'}",
         f"samples done:      {p.samples_done}{percent}",
+        *([f"regularization:    {p.reg_samples_done} samples done riding along ({p.reg_samples_total} in the set)"]
+          if p.reg_samples_total or p.reg_samples_done else []),
         f"data epochs done:  {p.data_epochs_done} of {p.max_data_epochs}",
         f"chunks:            {p.chunks_total} in all: {p.chunks_queued} queued, {p.chunks_leased} leased, "
         f"{p.chunks_done} done this data epoch" + (f"; {p.samples_pending} samples waiting to fill a chunk"
