@@ -58,6 +58,10 @@ class SwarmBackend(Protocol):
     def swarm_is_stepping(self) -> bool:
         """Whether an idle peer should take part (idle_step) now: somebody accumulated samples, or it fell behind."""
 
+    def swarm_settled(self) -> bool:
+        """At the end barrier: the swarm owes no more step (nobody holds samples toward the next epoch, nobody is
+        ahead), from a fresh look. A peer that left before such a step would end an epoch behind."""
+
     def idle_step(self, *, grad_scaler=None) -> bool:
         """A step with no samples of its own, to move through epochs with the busy peers; True when it did."""
 
@@ -73,8 +77,9 @@ class SwarmBackend(Protocol):
     def load_state_from_peers(self) -> None:
         """Download the swarm's current parameters and optimizer state (exactly, not compressed)."""
 
-    def final_sync(self, *, peer_id: str, participants: Sequence[tuple[str, bool]], timeout: float) -> str:
-        """At the end barrier: leave with the same parameters as every finished peer (endgame.py); the outcome."""
+    def final_sync(self, *, peer_id: str, participants: Sequence, timeout: float) -> str:
+        """At the end barrier: leave with the same parameters as every finished peer (endgame.py; participants are
+        endgame.Participant: peer id, client mode, samples the coordinator credited); the outcome."""
 
     def peers_in_last_round(self) -> int:
         """For the metrics: peers seen in the current round (0 when unknown)."""

@@ -6,8 +6,10 @@ afterwards their parameters (and Adam statistics) differ slightly for good. So a
 (every live peer finished, all at the swarm's epoch; laggards already downloaded the newest state) the peers run
 this final sync through the DHT:
 
-1. One ANCHOR is chosen without talking: the smallest peer id among the finished non-client peers (client-mode
-   peers take no inbound connections and cannot serve their state).
+1. One ANCHOR is chosen without talking (choose_anchor): among the finished non-client peers (client-mode peers
+   take no inbound connections and cannot serve their state), the one the COORDINATOR credited with the most
+   samples, ties broken by sha256(run_id/peer_id). Never by the peer id alone: a peer can grind keys for a small id,
+   but not for a hash salted with the run id, which only admitted peers learn.
 2. Every other peer stops serving its own state, then publishes a fingerprint of its parameters.
 3. Once everyone has published (or a deadline passed), each non-anchor whose fingerprint differs from the anchor's
    downloads the state with load_state_from_peers(); only the anchor still serves, and downloads are uncompressed,
@@ -16,8 +18,9 @@ this final sync through the DHT:
 """
 from __future__ import annotations
 
+import hashlib
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -63,10 +66,70 @@ def fingerprints_match(a: Sequence[float], b: Sequence[float], *, rtol: float = 
     return True
 
 
-def choose_anchor(peers: Iterable[tuple[str, bool]]) -> str | None:
-    """The smallest peer id among (peer_id, client_mode) pairs that can serve state; None if none can."""
-    candidates = sorted(peer_id for peer_id, client_mode in peers if not client_mode)
-    return candidates[0] if candidates else None
+class Participant(NamedTuple):
+    """A finished peer at the end barrier, as the coordinator lists it (ListPeers)."""
+    peer_id: str
+    client_mode: bool
+    samples_contributed: int = 0  # credited by the coordinator for reported chunks, not claimed by the peer
+
+
+def anchor_tiebreak(run_id: str, peer_id: str) -> str:
+    """sha256(run_id/peer_id): the run id is random and secret, so no peer can grind its id to win ties."""
+    return hashlib.sha256(f"{run_id}/{peer_id}".encode()).hexdigest()
+
+
+def choose_anchor(participants: Iterable[Participant | tuple], *, run_id: str) -> str | None:
+    """The peer every other copies at the end: among the participants that can serve state (not client mode), the
+    one the coordinator credited with the most samples, ties broken by the smallest anchor_tiebreak. None if none can.
+
+    Every peer computes it alone from the same ListPeers answer; samples no longer change once the run is complete.
+    """
+    candidates = [Participant(*p) for p in participants]
+    candidates = [p for p in candidates if not p.client_mode]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda p: (-p.samples_contributed, anchor_tiebreak(run_id, p.peer_id))).peer_id
+
+
+def swarm_step_pending(records: Iterable[dict], *, local_epoch: int) -> tuple[int, int]:
+    """(the swarm's epoch, samples accumulated toward its next step) from hivemind progress records
+    ({"epoch", "samples_accumulated", "client_mode"} per peer), counted as hivemind's ProgressTracker counts them:
+    the epoch is the highest of this peer's and the listening peers' (client-mode peers do not lead), and only
+    records at that epoch count their samples.
+
+    At the end barrier a peer may leave only when this is (local_epoch, 0). Samples still accumulated mean the swarm
+    owes one more global step (it comes once hivemind's ETA passes, e.g. after a SIGKILLed peer's lost batches left
+    the sample count off the target's multiple): a peer that left before it would end one epoch behind the peers
+    that took it, which then wait for it forever.
+    """
+    records = [r for r in records if isinstance(r, dict)]
+    epoch = max([local_epoch] + [int(r.get("epoch", 0)) for r in records if not r.get("client_mode")])
+    samples = sum(int(r.get("samples_accumulated", 0)) for r in records if int(r.get("epoch", -1)) == epoch)
+    return epoch, samples
+
+
+def joined_a_finished_run(*, samples_trained: int, local_epoch: int, swarm_epoch: int) -> bool:
+    """At a passed end barrier: this peer trained nothing and holds no swarm state (epoch 0, never downloaded), and
+    no live peer is further along. The run was over before it joined and nobody is up to serve the final state; its
+    parameters are the seed's, and a checkpoint of them would pass for the run's result. (A joiner that found peers
+    still up downloaded their state at join or at the barrier, and is at their epoch.)"""
+    return samples_trained == 0 and local_epoch == 0 and swarm_epoch == 0
+
+
+def read_progress_records(dht, key: str, *, timeout: float = 10.0) -> list[dict] | None:
+    """A fresh read of hivemind's progress records under `key` (the tracker's own view is refetched only every
+    few seconds); None when the DHT did not answer in time."""
+    from hivemind.utils import ValueWithExpiration
+
+    try:
+        found = dht.get(key, latest=True, return_future=True).result(timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - a timeout or a DHT error: the caller asks again
+        logger.debug(f"reading {key} failed: {e!r}")
+        return None
+    if found is None or not isinstance(found.value, dict):
+        return []
+    return [item.value for item in found.value.values()
+            if isinstance(item, ValueWithExpiration) and isinstance(item.value, dict)]
 
 
 def _sync_key(run_id: str) -> str:
@@ -101,13 +164,17 @@ def _poll(predicate: Callable[[], bool], *, deadline: float, interval: float = 0
         time.sleep(interval)
 
 
-def final_sync(*, optimizer, dht, run_id: str, peer_id: str, participants: Sequence[tuple[str, bool]],
+def final_sync(*, optimizer, dht, run_id: str, peer_id: str, participants: Sequence[Participant | tuple],
                params: Sequence[torch.Tensor], timeout: float = 300.0) -> str:
-    """Run the final sync; returns "anchor", "matched", "downloaded", "alone" or "timeout" (logged as a warning)."""
-    peer_ids = sorted({pid for pid, _ in participants} | {peer_id})
+    """Run the final sync; returns "anchor", "matched", "downloaded", "alone" or "timeout" (logged as a warning).
+
+    `participants`: Participant (or (peer_id, client_mode[, samples_contributed]) tuples), this peer included.
+    """
+    participants = [Participant(*p) for p in participants]
+    peer_ids = sorted({p.peer_id for p in participants} | {peer_id})
     if len(peer_ids) == 1:
         return "alone"
-    anchor = choose_anchor(participants)
+    anchor = choose_anchor(participants, run_id=run_id)
     if anchor is None:
         logger.warning("final sync: every finished peer is in client mode, none can serve its state; skipping")
         return "timeout"

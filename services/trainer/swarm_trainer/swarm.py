@@ -22,7 +22,7 @@ import torch
 from swarm.logs import get_logger
 from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
-from swarm_trainer.endgame import final_sync
+from swarm_trainer.endgame import Participant, final_sync, read_progress_records, swarm_step_pending
 from swarm_trainer.optimizer_backend import OptimizerBackendBase
 
 logger = get_logger(__name__)
@@ -200,6 +200,17 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         tracker = self.optimizer.tracker
         return tracker.global_progress.samples_accumulated > 0 or tracker.global_epoch > self.optimizer.local_epoch
 
+    def swarm_settled(self) -> bool:
+        """No global step is owed: nobody (this peer included) holds samples toward the next epoch and nobody is
+        ahead, from a fresh read of the progress records (the tracker refetches only every few seconds)."""
+        optimizer = self.optimizer
+        if optimizer.tracker.local_progress.samples_accumulated > 0:
+            return False
+        records = read_progress_records(self.dht, optimizer.tracker.training_progress_key)
+        if records is None:
+            return False
+        return swarm_step_pending(records, local_epoch=optimizer.local_epoch) == (optimizer.local_epoch, 0)
+
     def idle_step(self, *, grad_scaler=None) -> bool:
         """A zero-sample step (see TrainEngine.idle_tick); True when it moved this peer to a new epoch."""
         optimizer = self.optimizer
@@ -234,7 +245,7 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         """Download the swarm's newest parameters and optimizer state (exact: see make_optimizer)."""
         self.optimizer.load_state_from_peers()
 
-    def final_sync(self, *, peer_id: str, participants: Sequence[tuple[str, bool]], timeout: float) -> str:
+    def final_sync(self, *, peer_id: str, participants: Sequence[Participant], timeout: float) -> str:
         """Leave with the same parameters as every other finished peer (endgame.py); returns the outcome."""
         return final_sync(optimizer=self.optimizer, dht=self.dht, run_id=self.run_id, peer_id=peer_id,
                           participants=participants, params=self.params, timeout=timeout)

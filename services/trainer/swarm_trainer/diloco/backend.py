@@ -48,6 +48,10 @@ class DiLoCoBackend(OptimizerBackendBase):
         """The swarm finished this peer's round (it waits for us) or ran further ahead."""
         return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
 
+    def swarm_settled(self) -> bool:
+        """Nobody ended a round this peer has not (idle_step catches up); the last round is final_sync's."""
+        return not self.swarm_is_stepping()
+
     def idle_step(self, *, grad_scaler=None) -> bool:
         if not self.swarm_is_stepping():
             return False
@@ -78,7 +82,7 @@ class DiLoCoBackend(OptimizerBackendBase):
         if self.optimizer.load_state_from_peers():
             self.synced = True
 
-    def final_sync(self, *, peer_id: str, participants: Sequence[tuple[str, bool]], timeout: float) -> str:
+    def final_sync(self, *, peer_id: str, participants: Sequence, timeout: float) -> str:
         """One last round over what every peer trained since its last round (all peers are at the barrier
         together), the outer step applied, local parameters set to the outer ones; then endgame's check that
         every peer leaves with the anchor's parameters (downloading them where not)."""
