@@ -62,6 +62,7 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
                metrics_ports: tuple[int, int, int] = (9100, 9101, 9103), metrics_host: str | None = None,
                lease_ttl: float | None = None,
                peer_ttl: float | None = None, heartbeat_interval: float | None = None,
+               credential_lifetime: float | None = None,
                status_port: int | None = 8080, token_contact: str | None = None, insecure: bool = False,
                ready_timeout: float = 120.0) -> HostServices:
     """Start bootstrap DHT, coordinator and dataset service; return once all three serve.
@@ -109,7 +110,8 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
             *metrics_host_args, *tls_args,
         ]
         for flag, value in (("--config", config_path), ("--lease-ttl", lease_ttl), ("--peer-ttl", peer_ttl),
-                            ("--heartbeat-interval", heartbeat_interval), ("--status-port", status_port),
+                            ("--heartbeat-interval", heartbeat_interval),
+                            ("--credential-lifetime", credential_lifetime), ("--status-port", status_port),
                             ("--token-contact", token_contact)):
             if value is not None:
                 coordinator_args += [flag, str(value)]

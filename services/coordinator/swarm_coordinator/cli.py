@@ -71,6 +71,9 @@ def register(subparsers) -> None:
                    help="seconds after its last heartbeat a peer counts as dead (default: %(default)s)")
     p.add_argument("--heartbeat-interval", type=positive_float_arg, default=30.0, metavar="S",
                    help="how often peers are told to heartbeat, in seconds (default: %(default)s)")
+    p.add_argument("--credential-lifetime", type=positive_float_arg, default=600.0, metavar="S",
+                   help="seconds a peer's swarm credential lives; peers renew it at half its life, and a revoked "
+                        "token's peers are out of averaging within this (default: %(default)s)")
     p.add_argument("--sync-interval", type=positive_float_arg, default=5.0, metavar="S",
                    help="seconds between dataset index syncs (default: %(default)s)")
     p.add_argument("--sqlite-synchronous", choices=("normal", "full"), default="normal",
@@ -183,6 +186,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
             dataset_token=args.dataset_token or os.environ.get("SWARM_DATASET_TOKEN"),
             bootstrap_peers=tuple(args.bootstrap_peers), bootstrap_peers_url=args.bootstrap_peers_url,
             lease_ttl=args.lease_ttl, peer_ttl=args.peer_ttl, heartbeat_interval=args.heartbeat_interval,
+            credential_lifetime=args.credential_lifetime,
             sync_interval=args.sync_interval, synchronous=args.sqlite_synchronous, max_workers=args.grpc_workers,
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, ready_file=args.ready_file,
             status_page=_status_page(args), tls_cert=args.tls_cert, tls_key=args.tls_key,
