@@ -24,6 +24,7 @@ from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
 from swarm_trainer.endgame import Participant, final_sync, read_progress_records, swarm_step_pending
 from swarm_trainer.optimizer_backend import OptimizerBackendBase
+from swarm_trainer.state_download import AppliedStates, download_timeout, load_with_retries, state_bytes
 
 logger = get_logger(__name__)
 
@@ -131,6 +132,7 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
     """
     from hivemind.compression import NoCompression
 
+    params = list(params)
     grad_compression, state_compression = make_compression(options.compression)
     optimizer_cls = optimizer_cls or torch.optim.AdamW
     optimizer_factory = partial(optimizer_cls, lr=lr_for(config, epoch=0, total_steps=config.lr_total_steps),
@@ -143,13 +145,14 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
     return optimizer_class(trust)(
         dht=dht,
         run_id=run_id,
-        params=list(params),
+        params=params,
         optimizer=optimizer_factory,
         target_batch_size=config.target_batch_size,
         batch_size_per_step=batch_size,
         matchmaking_time=options.matchmaking_time,
         averaging_timeout=options.averaging_timeout,
-        load_state_timeout=options.load_state_timeout,
+        # A whole download's limit: hivemind starts a slower one over from scratch (state_download.py).
+        load_state_timeout=download_timeout(configured=options.load_state_timeout, state_size=state_bytes(params)),
         average_state_every=options.average_state_every,
         offload_optimizer=options.offload_optimizer,
         delay_grad_averaging=options.delay_grad_averaging,
@@ -172,6 +175,10 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
 class HivemindOptimizerBackend(OptimizerBackendBase):
     """backend.SwarmBackend over one hivemind.Optimizer: every local step accumulates gradients, the swarm averages
     them once the run's target batch is reached (a global step, one epoch), and the peers step together."""
+
+    def __init__(self, optimizer, **kwargs):
+        super().__init__(optimizer, **kwargs)
+        self.applied_states = AppliedStates(optimizer.opt)  # tells a download that arrived from one that did not
 
     def trust_stats(self) -> dict[str, dict]:
         """Per groupmate: accepted/clipped/dropped/refused as this peer's averagers counted (empty without checks)."""
@@ -241,9 +248,10 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         """True when listening peers are already in a later epoch than this one."""
         return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
 
-    def load_state_from_peers(self) -> None:
-        """Download the swarm's newest parameters and optimizer state (exact: see make_optimizer)."""
-        self.optimizer.load_state_from_peers()
+    def load_state_from_peers(self) -> bool:
+        """Download the swarm's newest parameters and optimizer state (exact: see make_optimizer), asking again
+        when no peer served it (hivemind returns as if it had loaded); whether a state arrived."""
+        return load_with_retries(self.optimizer.load_state_from_peers, self.applied_states)
 
     def final_sync(self, *, peer_id: str, participants: Sequence[Participant], timeout: float) -> str:
         """Leave with the same parameters as every other finished peer (endgame.py); returns the outcome."""
