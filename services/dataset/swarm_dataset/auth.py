@@ -5,7 +5,8 @@ token, a few seconds for a rejected one) so a streaming swarm costs the coordina
 An unreachable coordinator is never cached: the next call asks again.
 
 `samples_leased(token, ids)` asks the coordinator's AuthorizeSamples whether the token's live peers hold active leases
-on every id (issue 13 item 3), once per stream and never cached: a released or reported lease ends access at once.
+on every id (issue 13 item 3), when a stream opens and again every few seconds while it is open (stream_guard.py),
+never cached: a released, reported, expired or revoked lease ends access, open streams included, within seconds.
 """
 from __future__ import annotations
 
