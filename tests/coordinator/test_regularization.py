@@ -223,3 +223,15 @@ def test_status_and_metrics_show_regularization_apart(open_store):
     families = {f.name: f for f in ProgressCollector(store.progress).collect()}
     assert families["swarm_coordinator_reg_samples_done"].samples[0].value == 8
     assert families["swarm_coordinator_samples_done"].samples[0].value == 8
+
+
+def test_config_set_refuses_reg_ratio_without_regularization_samples(open_store, db_path):
+    from swarm.errors import ConfigError
+    from swarm_coordinator import configs
+
+    store = _store_with_samples(open_store, config=RunConfig(chunk_size=4), reg=[])
+    with pytest.raises(ConfigError, match="no regularization images: ingest them with `swarm ingest --role"):
+        configs.set_config(db_path, assignments=["reg_ratio=0.5"])
+    store.add_samples([], flush=False, reg_samples=[(100, *SQUARE)])
+    _, current, created = configs.set_config(db_path, assignments=["reg_ratio=0.5", "prior_loss_weight=0.5"])
+    assert created and (current.config.reg_ratio, current.config.prior_loss_weight) == (0.5, 0.5)

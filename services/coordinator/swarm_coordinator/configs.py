@@ -105,10 +105,22 @@ def set_config(db_path: str, *, file: str | None = None, assignments: list[str] 
 
                 run_id = random_run_id()
             run_id = run_id or previous.run_id
+            _check_reg_samples(conn, base)
             current, created = store_if_changed(conn, base, run_id=run_id)
         return previous, current, created
     finally:
         engine.dispose()
+
+
+def _check_reg_samples(conn: sa.Connection, config: RunConfig) -> None:
+    """reg_ratio > 0 needs regularization samples: refused once the dataset was synced and held none."""
+    from swarm_coordinator.regularization import reg_ratio_problem
+
+    synced = int(db.get_meta(conn, "sync_after_id") or 0) > 0
+    reg_samples = conn.execute(sa.select(sa.func.count()).select_from(db.reg_samples)).scalar() or 0
+    problem = reg_ratio_problem(config.reg_ratio, reg_samples=reg_samples) if synced else None
+    if problem:
+        raise ConfigError(f"{problem} (the coordinator syncs new samples within seconds; set it again then)")
 
 
 def show_config(db_path: str, *, version: int = 0) -> ConfigVersion:
