@@ -25,7 +25,8 @@ median start, but move nothing).
 
 A receiver counts only what it accepted itself (each sender's whole claim in every round the two shared), and a
 restarted receiver starts from zero: the bound is per receiver lifetime, which is what one receiver can enforce.
-All functions here are pure (no hivemind, no torch), tested alone in tests/trust/test_budget.py.
+The rules and the ledger are pure (no hivemind, no torch; `write_budgets`/`BudgetFile` are the file transport),
+tested alone in tests/trust/test_budget.py.
 """
 from __future__ import annotations
 

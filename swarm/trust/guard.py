@@ -212,6 +212,10 @@ class AveragerGuard:
                 async for _ in runner:
                     raise ValueError("aux peers should not receive averaged tensors")
         finally:
+            for peer, budget in runner.budget_cuts().items():  # an honest peer is never cut in a normal run
+                logger.warning(f"{self.prefix}: cut the weight {peer} (token "
+                               f"{self._trust_tokens.get(peer.to_base58(), '?')!r}) claimed to its remaining budget "
+                               f"{budget:.0f} (samples the coordinator credited and leased it, less what was accepted)")
             for peer in runner.refused_answers():
                 # A garbage answer (non-finite, 10x too long, or against what we sent in a group of 3+) bans like a
                 # garbage part: otherwise the same peer would reduce a slice for us again next round.

@@ -40,6 +40,7 @@ class RobustTensorPartReducer(TensorPartReducer):
         self.verdicts = RoundVerdicts(num_senders)
         self.ledger, self.sender_ids = ledger, list(sender_ids)
         self.charged = [0.0] * num_senders  # weight charged to the ledger this round, per sender
+        self.cut = [False] * num_senders  # a claim over its cap was cut (in a part that counted)
         self._inputs: dict[int, tuple[torch.Tensor, float]] = {}
         self._combining = False
         super().__init__(part_shapes, num_senders)
@@ -127,6 +128,7 @@ class RobustTensorPartReducer(TensorPartReducer):
             return
         cap = self.caps[sender]
         allowed = max(0.0, min(claimed, math.inf if cap is None else cap))
+        self.cut[sender] = self.cut[sender] or allowed < claimed
         if allowed > self.charged[sender]:
             self.ledger.charge(self.sender_ids[sender], allowed - self.charged[sender])
             self.charged[sender] = allowed
@@ -169,7 +171,7 @@ class RobustAllReduceRunner(AllReduceRunner):
         plain.finished.set()  # discard hivemind's reducer silently (its finalize would log "received 0%")
         sender_ids = [peer.to_base58() for peer in self.sender_peer_ids]
         others = [peer_id for peer, peer_id in zip(self.sender_peer_ids, sender_ids) if peer != self.peer_id]
-        budget_caps = (ledger.caps(others, budgets) if ledger is not None else None) or {}
+        budget_caps = self.budget_caps = (ledger.caps(others, budgets) if ledger is not None else None) or {}
         # Our own claim is never capped by a budget: it is our own count, and the coordinator's view of us may lag.
         self.weight_caps = [min(float(weight_caps.get(peer, math.inf)), budget_caps.get(peer_id, math.inf))
                             for peer, peer_id in zip(self.sender_peer_ids, sender_ids)]
@@ -188,6 +190,15 @@ class RobustAllReduceRunner(AllReduceRunner):
         """This peer's verdict on each sender whose parts it reduced."""
         return {peer: verdict for peer, verdict in zip(self.sender_peer_ids, self.tensor_part_reducer.verdicts.result())
                 if verdict is not None}
+
+    def budget_cuts(self) -> dict[PeerID, float]:
+        """Senders whose claim this round was cut to what was left of their weight budget: {peer: that budget}."""
+        reducer, out = self.tensor_part_reducer, {}
+        for index, peer in enumerate(self.sender_peer_ids):
+            budget = self.budget_caps.get(peer.to_base58())
+            if reducer.cut[index] and budget is not None and budget <= reducer.caps[index]:  # the budget was binding
+                out[peer] = budget
+        return out
 
     def refused_answers(self) -> list[PeerID]:
         """Groupmates whose answer for the slice they reduced was refused (our own part was used instead)."""
