@@ -153,12 +153,13 @@ def test_the_trainer_warns_once_with_address_port_and_fixes_or_stops_when_requir
         client.register(peer_id=me, multiaddrs=[f"/ip4/127.0.0.1/tcp/{port}"], client_mode=False, name="n",
                         batch_size=1)
         with caplog.at_level(logging.INFO, logger="swarm_trainer.reachability"):
-            answer = check_reachability(client, peer_id=me, client_mode=False)
+            answer = check_reachability(client, peer_id=me, client_mode=False, host_maddrs=["/ip4/0.0.0.0/tcp/0"])
             assert check_reachability(client, peer_id=me, client_mode=True) is None  # client mode: not asked
         assert answer.verdict == Verdict.UNREACHABLE
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and f"/ip4/127.0.0.1/tcp/{port}/p2p/{me}" in warnings[0]
         assert "forward TCP port" in warnings[0] and "--client-mode" in warnings[0]
+        assert "random port" in warnings[0] and "--host-maddrs /ip4/0.0.0.0/tcp/31338" in warnings[0]
         other = peer_id("natted2")
         client.register(peer_id=other, multiaddrs=[f"/ip4/127.0.0.1/tcp/{port}"], client_mode=False, name="m",
                         batch_size=1)

@@ -17,10 +17,20 @@ from swarm.v1 import coordinator_pb2 as pb
 logger = get_logger(__name__)
 
 Verdict = pb.CheckReachabilityResponse.Verdict
+FIXED_PORT_EXAMPLE = 31338  # the README's join line
 
 
-def check_reachability(client, *, peer_id: str, client_mode: bool,
-                       required: bool = False) -> pb.CheckReachabilityResponse | None:
+def random_port_hint(host_maddrs) -> str:
+    """What to add when this peer listens on a port the OS picks (/tcp/0): that port changes with every start, so
+    forwarding it is no fix; a fixed one is."""
+    if not any(addr.rstrip("/").endswith("/tcp/0") for addr in host_maddrs):
+        return ""
+    return (f" (this peer listens on a random port, new at every start: pick a fixed one to forward, e.g. "
+            f"--host-maddrs /ip4/0.0.0.0/tcp/{FIXED_PORT_EXAMPLE})")
+
+
+def check_reachability(client, *, peer_id: str, client_mode: bool, required: bool = False,
+                       host_maddrs=()) -> pb.CheckReachabilityResponse | None:
     """Ask the coordinator to dial this peer back and say what it found; None when it was not asked or could not
     answer. Raises UsageError when unreachable and `required` (--require-reachable)."""
     if client_mode:
@@ -38,9 +48,10 @@ def check_reachability(client, *, peer_id: str, client_mode: bool,
     if answer.verdict == Verdict.REACHABLE:
         logger.info(f"this peer is {answer.message}")
     elif answer.verdict == Verdict.UNREACHABLE:
+        message = f"this peer is {answer.message}{random_port_hint(host_maddrs)}"
         if required:
-            raise UsageError(f"this peer is {answer.message} (--require-reachable: not training)")
-        logger.warning(f"this peer is {answer.message}")
+            raise UsageError(f"{message} (--require-reachable: not training)")
+        logger.warning(message)
     else:
         logger.info(f"reachability from outside {answer.message}")
     return answer

@@ -68,7 +68,7 @@ def join(run) -> None:
                 f"dataset at {run.dataset_address}")
     # Before any model is built: a volunteer behind a NAT learns now that no one can dial it, and how to fix that.
     check_reachability(run.client, peer_id=run.peer_id, client_mode=options.swarm.client_mode,
-                       required=options.require_reachable)
+                       required=options.require_reachable, host_maddrs=options.swarm.host_maddrs)
     first_beat = run.heartbeat_once()  # also brings the LR decay span before the first step
 
     from swarm_trainer.diloco.fused import check_memory_options
