@@ -117,6 +117,9 @@ def test_leases_carry_the_ratio_and_progress_counts_them_apart(open_store, clock
 
     reports = [store.report("p1", g.lease_id) for g in grants[:2]]
     assert [(r.samples_counted, r.reg_samples_counted) for r in reports] == [(4, 4), (4, 4)]
+    # The peer trained both sets: its credit and what it holds bound its averaging weight (swarm.trust.budget).
+    assert store.peers.table.get("p1").samples_contributed == 16
+    assert store.samples_leased() == {"p1": 4 + 4}
     progress = store.progress()
     assert (progress.samples_done, progress.reg_samples_done) == (8, 8)
     assert progress.samples_total == 12 and progress.data_epochs_done == 0  # epochs: the training set only

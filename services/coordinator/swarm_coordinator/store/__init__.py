@@ -196,7 +196,8 @@ class Store:
                 with self.connection.write() as tx:
                     result = self.leases.report_active(tx, peer_id, lease_id, now=now)
                     if result.outcome is Outcome.COUNTED:
-                        self.peers.credit(tx, peer, samples=result.samples_counted)
+                        # Every sample it trained, regularization ones too: what its averaging weight may claim.
+                        self.peers.credit(tx, peer, samples=result.samples_counted + result.reg_samples_counted)
             except BaseException:
                 self.pace.refund(peer_id, charged)
                 raise
@@ -228,15 +229,16 @@ class Store:
             return unleased_samples(sample_ids, leased)
 
     def samples_leased(self) -> dict[str, int]:
-        """Samples in each peer's active, unexpired leases: with its credited samples, the most weight its averaging
-        claims may add up to (swarm.trust.budget)."""
+        """Samples in each peer's active, unexpired leases (regularization samples riding along included): with its
+        credited samples, the most weight its averaging claims may add up to (swarm.trust.budget)."""
         with self._lock:
             now = self.clock()
             out: dict[str, int] = {}
-            for chunk_id in self.queue.leases.values():
+            for lease_id, chunk_id in self.queue.leases.items():
                 slot = self.queue.chunks[chunk_id]
                 if slot.peer_id is not None and not lease_expired(slot.deadline, now=now):
-                    out[slot.peer_id] = out.get(slot.peer_id, 0) + slot.n_samples
+                    riding = len(self.leases.reg_sample_ids(lease_id))
+                    out[slot.peer_id] = out.get(slot.peer_id, 0) + slot.n_samples + riding
             return out
 
     def reap(self) -> int:
