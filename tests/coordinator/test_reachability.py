@@ -18,6 +18,7 @@ from swarm_coordinator.reachability import (
     Decision,
     caller_host,
     check_addresses,
+    dial,
     dial_decision,
     tcp_target,
     verdict,
@@ -105,6 +106,15 @@ def test_dials_are_capped_per_check_and_deduplicated():
     assert len(dialled) == 4 and len(set(dialled)) == 4
     assert [r.dialled for r in results] == [True] * 5 + [False] * 2
     assert "at most 4" in results[-1].reason
+
+
+def test_dial_tells_closed_silent_and_foreign_ports_apart():
+    assert dial(ip("127.0.0.1"), closed_port(), timeout=1)[1].startswith("connection refused")
+    with socket.socket() as silent:  # accepts (the kernel's backlog) but never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        reachable, found = dial(ip("127.0.0.1"), silent.getsockname()[1], timeout=0.3)
+    assert not reachable and "did not answer as a libp2p node" in found
 
 
 def test_throttle_one_check_per_peer_per_interval_and_bounded_concurrency():

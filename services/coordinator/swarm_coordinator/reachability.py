@@ -133,9 +133,9 @@ def dial(ip, port: int, *, timeout: float = DIAL_TIMEOUT_S) -> tuple[bool, str]:
         return False, f"connection refused: nothing listens on TCP port {port} there, or a firewall rejects it"
     except TimeoutError:
         if connected:
-            return False, (f"TCP port {port} is open but did not answer as a libp2p node in {timeout:.0f} s: is the "
+            return False, (f"TCP port {port} is open but did not answer as a libp2p node in {timeout:g} s: is the "
                            f"port forwarded to the machine running this peer?")
-        return False, f"no answer in {timeout:.0f} s: a NAT or firewall drops connections to TCP port {port}"
+        return False, f"no answer in {timeout:g} s: a NAT or firewall drops connections to TCP port {port}"
     except OSError as e:
         return False, f"could not connect: {e.strerror or e}"
     if greeting == MULTISTREAM_GREETING:
