@@ -1,8 +1,12 @@
 """One real trainer peer for test_two_peers.py: a DHT on 127.0.0.1, hivemind.Optimizer, real tiny-SD steps.
 
 Run as a separate process: `python hivemind_peer.py --workdir W --name a [--initial-peers-file F] [--client-mode]`.
-It trains until its optimizer reaches --epochs, then meets the other peer at a file barrier (laggards download the
-swarm state), dumps its parameters and epoch, and keeps its DHT up until the other peer has dumped too.
+It trains until its optimizer reaches --epochs, then meets the other peer(s) at a file barrier (laggards download the
+swarm state), dumps its parameters and epoch, and keeps its DHT up until the other peers have dumped too.
+
+A late joiner (`--join-after-epoch N`, named in the others' `--late`) builds its model, waits until the others
+reached epoch N, downloads the swarm's state as a real joiner does (session.join: wait_for_swarm_progress,
+behind_swarm, load_state_from_peers) and records what the download carried (`NAME.download.pt`), then trains along.
 """
 from __future__ import annotations
 
@@ -31,7 +35,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--other", required=True)
+    parser.add_argument("--other", required=True, help="the other peers' names, comma-separated")
+    parser.add_argument("--late", default="", help="names among --other that join late (not waited for at start)")
+    parser.add_argument("--join-after-epoch", type=int, default=0,
+                        help="a late joiner: download the swarm's state once the others reached this epoch")
     parser.add_argument("--initial-peers-file")
     parser.add_argument("--client-mode", action="store_true")
     parser.add_argument("--epochs", type=int, default=3)
@@ -70,30 +77,37 @@ def main() -> int:
     me = {"peer_id": dht.peer_id.to_base58(), "client_mode": args.client_mode}
     (workdir / f"{args.name}.peer.json").write_text(json.dumps(me))
     (workdir / f"{args.name}.maddrs.json").write_text(json.dumps(visible_multiaddrs(dht)))
+    others = [name for name in args.other.split(",") if name]
+    late = set(args.late.split(",")) - {""}
     # Start together, or the first peer would run through every epoch alone before the second one is built.
-    other_file = workdir / f"{args.other}.peer.json"
-    wait_for(other_file.exists, timeout=120, what="the other peer to start")
-    other = json.loads(other_file.read_text())
+    for name in others:
+        if name not in late:
+            wait_for((workdir / f"{name}.peer.json").exists, timeout=300, what=f"peer {name} to start")
+    if args.join_after_epoch:
+        join_late(engine, workdir=workdir, name=args.name, others=others, epoch=args.join_after_epoch)
 
     images = make_images(8, seed=args.image_seed)
     captions = [f"pattern number {i}" for i in range(len(images))]
-    step, max_peers = 0, 0
+    step, max_peers, epoch_file = 0, 0, workdir / f"{args.name}.epoch"
     while engine.local_epoch < args.epochs:
         i = step % len(images)
         engine.train_batch([images[i]], [captions[i]])
         max_peers = max(max_peers, engine.backend.peers_in_last_round())
         step += 1
+        epoch_file.write_text(str(engine.local_epoch))  # what a late joiner waits for
         if step > 400:
             raise RuntimeError(f"no progress: local_epoch {engine.local_epoch} after {step} steps")
 
-    # Barrier (the coordinator's job in a real run): both peers done; the one behind downloads the swarm state.
+    # Barrier (the coordinator's job in a real run): all peers done; one behind downloads the swarm state.
     (workdir / f"{args.name}.done.json").write_text(json.dumps({"epoch": engine.local_epoch}))
-    other_done = workdir / f"{args.other}.done.json"
-    wait_for(other_done.exists, timeout=120, what="the other peer to finish")
-    other_epoch = json.loads(other_done.read_text())["epoch"]
+    for name in others:
+        wait_for((workdir / f"{name}.done.json").exists, timeout=300, what=f"peer {name} to finish")
+    other_epoch = max(json.loads((workdir / f"{name}.done.json").read_text())["epoch"] for name in others)
     if engine.local_epoch < other_epoch:
         engine.load_state_from_peers()
-    participants = [(me["peer_id"], me["client_mode"]), (other["peer_id"], other["client_mode"])]
+    participants = [(me["peer_id"], me["client_mode"])] + [
+        (peer["peer_id"], peer["client_mode"])
+        for peer in (json.loads((workdir / f"{name}.peer.json").read_text()) for name in others)]
     sync = engine.backend.final_sync(peer_id=me["peer_id"], participants=participants, timeout=60)
 
     torch.save({"epoch": engine.local_epoch, "params": engine.parameters_vector(), "steps": step,
@@ -102,12 +116,50 @@ def main() -> int:
                 "all_unet": torch.cat([p.detach().reshape(-1) for p in models.unet.parameters()]),
                 "dht_client_mode": dht.client_mode, "optimizer_client_mode": engine.backend.client_mode},
                workdir / f"{args.name}.result.pt")
-    # Stay up until the other peer has its result: it may still need to download state from this one.
-    wait_for((workdir / f"{args.other}.result.pt").exists, timeout=120, what="the other peer's result")
+    # Stay up until the other peers have their results: they may still need to download state from this one.
+    for name in others:
+        wait_for((workdir / f"{name}.result.pt").exists, timeout=300, what=f"peer {name}'s result")
     (workdir / f"{args.name}.exit").touch()
-    wait_for((workdir / f"{args.other}.exit").exists, timeout=30, what="the other peer to exit")
+    for name in others:
+        wait_for((workdir / f"{name}.exit").exists, timeout=30, what=f"peer {name} to exit")
     shutdown(engine.backend, dht)
     return 0
+
+
+def join_late(engine, *, workdir: Path, name: str, others: list[str], epoch: int) -> None:
+    """Wait until the swarm reached `epoch`, then catch up as session.join does, recording every state download
+    (hivemind's DecentralizedAverager.load_state_from_peers result: metadata and the tensors received)."""
+    from hivemind.averaging.averager import DecentralizedAverager
+
+    def swarm_epoch() -> int:
+        files = [workdir / f"{other}.epoch" for other in others]
+        return max((int(f.read_text() or 0) for f in files if f.exists()), default=0)
+
+    wait_for(lambda: swarm_epoch() >= epoch, timeout=240, what=f"the swarm to reach epoch {epoch}")
+    downloads = []
+    download = DecentralizedAverager.load_state_from_peers
+
+    def recording_download(self, *args, **kwargs):
+        started = time.monotonic()
+        result = download(self, *args, **kwargs)
+        if result is not None:
+            metadata, tensors = result
+            downloads.append({"averager": type(self).__name__, "seconds": time.monotonic() - started,
+                              "epoch": metadata.get("epoch"), "tensors": [t.clone() for t in tensors]})
+        return result
+
+    DecentralizedAverager.load_state_from_peers = recording_download
+    try:
+        assert engine.backend.wait_for_swarm_progress(timeout=30), "the joiner never saw the swarm's progress"
+        epoch_before = engine.local_epoch
+        behind = engine.behind_swarm()
+        if behind:
+            engine.load_state_from_peers()
+    finally:
+        DecentralizedAverager.load_state_from_peers = download
+    torch.save({"behind": behind, "epoch_before": epoch_before, "epoch_after": engine.local_epoch,
+                "swarm_epoch": engine.backend.swarm_epoch, "params": engine.parameters_vector(),
+                "downloads": downloads}, workdir / f"{name}.download.pt")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""LoRA in a real swarm: two peers average only the adapter, the loss goes down, their adapters end identical."""
+"""LoRA in a real swarm: two peers average only the adapter, the loss goes down, their adapters end identical, and
+a late joiner downloads only the adapter state and ends with the same adapter."""
 from __future__ import annotations
 
 import subprocess
@@ -49,23 +50,31 @@ def eval_loss(adapter: torch.Tensor | None) -> float:
     return sum(losses) / len(losses)
 
 
-@pytest.mark.timeout(420)
-def test_two_peers_train_a_lora_and_end_with_identical_adapters(tmp_path):
+@pytest.mark.timeout(540)
+def test_two_lora_peers_train_and_a_late_joiner_downloads_only_the_adapter(tmp_path):
+    """a and b train a LoRA from the start; c joins once they reached epoch 2, downloads the swarm's state as
+    session.join does, trains along, and all three end with the same adapter on the untouched base."""
     from test_two_peers import _wait_for
 
-    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("a", "b")}
+    names = ("a", "b", "c")
+    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in names}
     procs = []
+
+    def start(name: str, *args: str) -> None:
+        others = ",".join(other for other in names if other != name)
+        procs.append(subprocess.Popen(
+            [sys.executable, str(PEER_SCRIPT), "--workdir", str(tmp_path), "--name", name, "--other", others,
+             "--epochs", "5", "--image-seed", str(names.index(name) + 1), "--lora", *args],
+            stdout=logs[name], stderr=subprocess.STDOUT))
+
     try:
-        procs.append(subprocess.Popen(
-            [sys.executable, str(PEER_SCRIPT), "--workdir", str(tmp_path), "--name", "a", "--other", "b",
-             "--epochs", "4", "--image-seed", "1", "--lora"], stdout=logs["a"], stderr=subprocess.STDOUT))
+        start("a", "--late", "c")
         _wait_for((tmp_path / "a.maddrs.json").exists, timeout=240, procs=procs)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(PEER_SCRIPT), "--workdir", str(tmp_path), "--name", "b", "--other", "a",
-             "--epochs", "4", "--image-seed", "2", "--lora",
-             "--initial-peers-file", str(tmp_path / "a.maddrs.json")], stdout=logs["b"], stderr=subprocess.STDOUT))
+        initial_peers = ("--initial-peers-file", str(tmp_path / "a.maddrs.json"))
+        start("b", "--late", "c", *initial_peers)
+        start("c", "--join-after-epoch", "2", *initial_peers)
         for proc in procs:
-            proc.wait(timeout=300)
+            proc.wait(timeout=420)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -73,24 +82,47 @@ def test_two_peers_train_a_lora_and_end_with_identical_adapters(tmp_path):
                 proc.wait(timeout=10)
         for f in logs.values():
             f.close()
-    for name, proc in zip(("a", "b"), procs):
+    for name, proc in zip(names, procs):
         assert proc.returncode == 0, f"peer {name} failed:\n" + (tmp_path / f"{name}.log").read_text()[-4000:]
 
-    a, b = torch.load(tmp_path / "a.result.pt"), torch.load(tmp_path / "b.result.pt")
-    assert a["epoch"] == b["epoch"] >= 4
-    assert max(a["max_peers"], b["max_peers"]) == 2, "the peers never trained in the same epoch"
-    start = lora_models()
+    a, b, c = (torch.load(tmp_path / f"{name}.result.pt") for name in names)
+    assert a["epoch"] == b["epoch"] == c["epoch"] >= 5
+    assert max(a["max_peers"], b["max_peers"]) >= 2, "the peers never trained in the same epoch"
+    start_models = lora_models()
     from swarm_trainer.lora import lora_named_parameters
 
-    adapter_size = sum(p.numel() for _, p in lora_named_parameters(start.unet))
+    adapter = [p for _, p in lora_named_parameters(start_models.unet)]
+    adapter_size = sum(p.numel() for p in adapter)
+    unet_size = sum(p.numel() for p in start_models.unet.parameters())
     assert a["params"].numel() == adapter_size, "only the adapter is handed to hivemind"
     torch.testing.assert_close(a["params"], b["params"], rtol=0, atol=1e-5)
-    # The frozen base never moved: the whole UNet differs from the start only in its adapter.
-    base = torch.cat([p.detach().reshape(-1) for n, p in start.unet.named_parameters() if "lora_" not in n])
-    for result in (a, b):
-        names = [n for n, _ in start.unet.named_parameters()]
-        sizes = [p.numel() for p in start.unet.parameters()]
-        chunks = torch.split(result["all_unet"], sizes)
-        trained_base = torch.cat([c for n, c in zip(names, chunks) if "lora_" not in n])
+    torch.testing.assert_close(c["params"], a["params"], rtol=0, atol=1e-5)
+    # The frozen base never moved, on the late joiner either: the whole UNet differs from the start only in its
+    # adapter.
+    names_and_sizes = [(n, p.numel()) for n, p in start_models.unet.named_parameters()]
+    base = torch.cat([p.detach().reshape(-1) for n, p in start_models.unet.named_parameters() if "lora_" not in n])
+    for result in (a, b, c):
+        chunks = torch.split(result["all_unet"], [size for _, size in names_and_sizes])
+        trained_base = torch.cat([chunk for (n, _), chunk in zip(names_and_sizes, chunks) if "lora_" not in n])
         assert torch.equal(trained_base, base)
     assert eval_loss(a["params"]) < eval_loss(None), "the loss went down"
+
+    # The late joiner's download: the swarm's state at epoch >= 2, i.e. the adapter (parameters first, in the
+    # order handed to hivemind) and AdamW's two moments and step per adapter tensor, and nothing of the base.
+    joined = torch.load(tmp_path / "c.download.pt")
+    assert joined["behind"] and joined["epoch_before"] == 0 and joined["epoch_after"] >= 2, joined
+    states = [d for d in joined["downloads"] if d["averager"] == "TrainingStateAverager"]
+    assert states, f"the joiner downloaded no training state: {joined['downloads']}"
+    tensors = states[-1]["tensors"]
+    assert states[-1]["epoch"] >= 2
+    assert len(tensors) == 4 * len(adapter), [tuple(t.shape) for t in tensors[:8]]
+    assert [t.shape for t in tensors[:len(adapter)]] == [p.shape for p in adapter]
+    moments = [t for t in tensors[len(adapter):] if t.dim() > 0]
+    assert sorted(t.numel() for t in moments) == sorted(2 * [p.numel() for p in adapter])
+    state_size = sum(t.numel() for t in tensors)
+    assert state_size == 3 * adapter_size + len(adapter), (state_size, adapter_size)
+    assert state_size < unet_size / 10, f"the state held {state_size} values, the UNet has {unet_size}"
+    # hivemind also downloads the gradient averager's buffers: adapter-sized too.
+    for download in joined["downloads"]:
+        if download["averager"] != "TrainingStateAverager":
+            assert sum(t.numel() for t in download["tensors"]) == adapter_size
