@@ -59,6 +59,7 @@ class PeerRun:
         self.last_sample_epoch = 0
         self.checkpoint: Path | None = None  # the last checkpoint saved
         self.final_sync: str | None = None  # the final sync's outcome (endgame.final_sync)
+        self.joined_finished_run = False  # the run was over before this peer trained anything: nothing saved
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._last_tick = 0.0

@@ -70,6 +70,10 @@ def join(run) -> None:
     check_reachability(run.client, peer_id=run.peer_id, client_mode=options.swarm.client_mode,
                        required=options.require_reachable, host_maddrs=options.swarm.host_maddrs)
     first_beat = run.heartbeat_once()  # also brings the LR decay span before the first step
+    # Heartbeats from now on, not once the model is built: a join can take longer than the peer TTL, and peers at
+    # the end barrier must see this one as alive (at epoch 0, training) and wait for it, so that it can download the
+    # final state from them instead of finding everyone gone.
+    run.start_heartbeat(registration.heartbeat_interval_s or 30.0)
 
     from swarm_trainer.diloco.fused import check_memory_options
 
@@ -110,7 +114,6 @@ def join(run) -> None:
             "batch_size": options.batch_size, "precision": precision, **json.loads(run.config.to_json())})
     run.metrics_server = MetricsServer(host=options.metrics_host, port=options.metrics_port)
     write_ready_file(options.ready_file, **run.ready_info())
-    run.start_heartbeat(registration.heartbeat_interval_s or 30.0)
     if getattr(run, "admission", None) is not None:  # weight budgets for the guarded averagers (swarm.trust.budget)
         run.admission.start_budgets(run, interval=registration.heartbeat_interval_s or 30.0)
     logger.info(f"training on {device} ({precision}), batch size {options.batch_size}; metrics on port "
@@ -118,7 +121,18 @@ def join(run) -> None:
 
 
 def end_barrier(run) -> None:
-    """Every chunk is done: wait until every live peer finished at the swarm's epoch, then sync parameters."""
+    """Every chunk is done: wait until every live peer finished at the swarm's epoch and the swarm owes no more global
+    step, then sync parameters.
+
+    The coordinator's view (peers_training, swarm_epoch, swarm_epoch_min) is what peers reported in their last
+    heartbeats; it cannot see samples still accumulated toward the next epoch (e.g. after a SIGKILLed peer's lost
+    batches left the count off the target's multiple). That step comes once hivemind's ETA passes, to whoever is
+    still idle-ticking: a peer that left before it ended an epoch behind, and the peers that took it waited for it
+    forever. So a peer also asks the swarm's progress records (backend.swarm_settled) and keeps ticking until no
+    step is owed.
+    """
+    from swarm_trainer.endgame import Participant, joined_a_finished_run
+
     engine = run.engine
     run.finished = True
     metrics.FINISHED.set(1)
@@ -129,9 +143,17 @@ def end_barrier(run) -> None:
         beat = run.heartbeat_once()
         if beat is not None:
             if beat.peers_training == 0 and beat.swarm_epoch_min == beat.swarm_epoch == engine.local_epoch:
-                break
+                if joined_a_finished_run(samples_trained=engine.stats.samples_trained, local_epoch=engine.local_epoch,
+                                         swarm_epoch=beat.swarm_epoch):
+                    run.joined_finished_run = True
+                    logger.warning(f"run {run.run_id!r} was already complete when this peer joined, and no peer that "
+                                   f"trained it is up to serve its final state: nothing to train or save here (the "
+                                   f"result is in the training peers' checkpoints); leaving")
+                    return
+                if engine.backend.swarm_settled():
+                    break
             # Behind the swarm: download its state (once per swarm epoch seen, in case no listening peer has it).
-            if engine.local_epoch < beat.swarm_epoch and last_load_target != beat.swarm_epoch:
+            elif engine.local_epoch < beat.swarm_epoch and last_load_target != beat.swarm_epoch:
                 last_load_target = beat.swarm_epoch
                 logger.info(f"at epoch {engine.local_epoch}, the swarm is at {beat.swarm_epoch}: downloading state")
                 engine.load_state_from_peers()
@@ -140,10 +162,11 @@ def end_barrier(run) -> None:
             logger.warning(f"end barrier: gave up after {run.options.barrier_timeout:.0f} s (last heartbeat: "
                            f"{beat}); leaving with epoch {engine.local_epoch}")
             return
-        run.idle(1.0)
+        run.idle(1.0)  # idle ticks: this peer takes part in any step the swarm still owes
     if run.stop.is_set():
         return
-    participants = [(p.peer_id, p.client_mode) for p in run.client.list_peers().peers if p.finished]
+    participants = [Participant(p.peer_id, p.client_mode, p.samples_contributed)
+                    for p in run.client.list_peers().peers if p.finished]
     remaining = max(30.0, deadline - time.monotonic())
     run.final_sync = engine.backend.final_sync(peer_id=run.peer_id, participants=participants, timeout=remaining)
     logger.info(f"final sync: {run.final_sync}; leaving at epoch {engine.local_epoch}")
@@ -158,7 +181,7 @@ def leave(run) -> None:
         run.admission.stop()
     if run.client is not None and run.peer_id:
         release_leases(run)
-    if run.engine is not None:
+    if run.engine is not None and not run.joined_finished_run:  # a finished run's joiner holds only the seed
         try:
             run.save()
         except Exception as e:  # noqa: BLE001
@@ -185,5 +208,6 @@ def _write_summary(run) -> None:
         "losses": stats.losses, "samples_per_s": stats.mean_samples_per_s,
         "checkpoint": str(run.checkpoint) if run.checkpoint else None, "config_version": run.config_version,
         "run_complete": run.run_complete, "final_sync": run.final_sync,
+        "joined_finished_run": run.joined_finished_run,
     })
     logger.info(f"wrote {path}")
