@@ -152,10 +152,17 @@ def test_off_stays_as_it_was_and_missing_reg_samples_lease_nothing(open_store):
     assert all(len(g.reg_sample_ids) == 1 for g in starved.lease("p1", 10))
 
 
-def test_reg_ratio_without_regularization_samples_leases_nothing(open_store):
+def test_reg_ratio_without_regularization_samples_leases_nothing(open_store, caplog):
+    from swarm_coordinator.sync import DatasetSync
+
     store = _store_with_samples(open_store, config=RunConfig(chunk_size=4, reg_ratio=0.5), reg=[])
     assert "no regularization images" in store.reg_problem()
     assert store.lease("p1", 10) == [] and not store.run_complete()
+    sync = DatasetSync(store, address="127.0.0.1:1", token=None)  # not started: only its warning is checked
+    for _ in range(2):
+        sync._warn_reg_problem(quiet=True)
+    said = [r.getMessage() for r in caplog.records if "no chunk is leased" in r.getMessage()]
+    assert len(said) == 1 and "swarm ingest --role regularization" in said[0]  # once a minute, not every pass
 
 
 # ------------------------------------------------------------------------------------------------ dataset sync

@@ -1,7 +1,7 @@
 """A short real run with regularization images (issue 14 section 3): host services and a LoRA trainer as separate
 processes, a training set and a regularization set in one index, reg_ratio 0.5. Both counts come out right: the
 training set's samples once per data epoch, and as many regularization samples riding along (one per training
-sample, fewer than a chunk's share never happens here), trained by the peer beside them."""
+sample: no chunk here wants more than the 4 class images), trained by the peer beside them."""
 from __future__ import annotations
 
 import json
