@@ -156,9 +156,28 @@ wait_healthy 240
 compose ps
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q createbucket)")" = 0 ] || fail "createbucket did not exit 0"
 
-TOKEN=$(compose exec -T coordinator swarm token create --db /data/coordinator.sqlite --name alice | head -1)
-[ -n "$TOKEN" ] || fail "no token"
-log "token created for alice"
+# stdout: the bare token; stderr: the volunteers' join lines, which pin the host's TLS certificate.
+TOKEN=$(compose exec -T coordinator swarm token create --db /data/coordinator.sqlite --name alice \
+          2>"$WORK/join-lines.txt" | head -1)
+[ -n "$TOKEN" ] || { cat "$WORK/join-lines.txt"; fail "no token"; }
+FINGERPRINT=$(grep -o -- '--tls-fingerprint sha256:[0-9a-f]\{64\}' "$WORK/join-lines.txt" | head -1 | cut -d' ' -f2)
+[ -n "$FINGERPRINT" ] || { cat "$WORK/join-lines.txt"; fail "the join lines pin no TLS certificate"; }
+[ "$(grep -c -- "--tls-fingerprint $FINGERPRINT" "$WORK/join-lines.txt")" = 2 ] \
+  || { cat "$WORK/join-lines.txt"; fail "not both join lines pin $FINGERPRINT"; }
+served_fingerprint() {  # what the host's published gRPC port serves, fetched as a volunteer would
+  "$REPO/.venv/bin/python" -c "import sys; from swarm.tls import fingerprint_of_pem as f; import ssl; \
+print(f(ssl.get_server_certificate((sys.argv[1], int(sys.argv[2])), timeout=10)))" "$PUBLIC_IP" "$1"
+}
+for port in 50051 50052; do
+  [ "$(served_fingerprint $port)" = "$FINGERPRINT" ] || fail "port $port does not serve the pinned certificate"
+done
+log "token created for alice; the join lines pin $FINGERPRINT, which both gRPC ports serve"
+# Plaintext off loopback is refused, saying what to pass: the same line without the pin.
+refused=$(docker run --rm -e SWARM_TOKEN="$TOKEN" swarm-diffusion/trainer:0.1.0 \
+            swarm train --coordinator "$PUBLIC_IP:50051" --output-dir /tmp/run 2>&1) && fail "an unpinned trainer ran"
+grep -q -- "refusing to dial $PUBLIC_IP:50051 in plaintext.*--tls-fingerprint" <<<"$refused" \
+  || { echo "$refused" | tail -5; fail "an unpinned trainer was not refused with the TLS message"; }
+log "a trainer without the pin is refused: ${refused##*error: }"
 
 # --- README "Join a swarm": two volunteers, one listening, one in client mode -------------------------------------
 # The README's line, on CPU (no --gpus; --device cpu) with the short hivemind timeouts a one-machine swarm affords.
@@ -166,11 +185,11 @@ CPU_ARGS=(--batch-size 2 --matchmaking-time 2 --averaging-timeout 15
           --load-state-timeout 30 --barrier-timeout 120 --compression none --metrics-port 9102)
 docker run -d --shm-size=1g -p 31338:31338 -p 9104:9102 -v swarmci-trainer-1:/data --name swarmci-peer-1 \
   -e SWARM_TOKEN="$TOKEN" swarm-diffusion/trainer:0.1.0 \
-  swarm train --coordinator "$PUBLIC_IP:50051" --output-dir /data/run \
+  swarm train --coordinator "$PUBLIC_IP:50051" --tls-fingerprint "$FINGERPRINT" --output-dir /data/run \
     --host-maddrs /ip4/0.0.0.0/tcp/31338 --announce-maddrs "/ip4/$PUBLIC_IP/tcp/31338" "${CPU_ARGS[@]}" >/dev/null
 docker run -d --shm-size=1g -p 9105:9102 -v swarmci-trainer-2:/data --name swarmci-peer-2 \
   -e SWARM_TOKEN="$TOKEN" swarm-diffusion/trainer:0.1.0 \
-  swarm train --coordinator "$PUBLIC_IP:50051" --output-dir /data/run --client-mode --use-auto-relay \
+  swarm train --coordinator "$PUBLIC_IP:50051" --tls-fingerprint "$FINGERPRINT" --output-dir /data/run --client-mode --use-auto-relay \
     "${CPU_ARGS[@]}" >/dev/null
 log "two volunteers started; training until the run completes (at most $DEADLINE_S s)"
 
@@ -228,14 +247,15 @@ epoch = first["global_epoch"]
 print(f"identical parameters: {len(unets[0])} UNet tensors (max difference {worst:.1e}), global epoch {epoch}")
 ' || fail "the volunteers' final parameters differ"
 
-# --- Restart: named volumes keep the coordinator's counts, the dataset index and the bootstrap DHT's peer id ------
+# --- Restart: named volumes keep the coordinator's counts, the dataset index, the bootstrap DHT's peer id and the
+# TLS certificate (the volunteers' pin) -------------------------------------------------------------------------
 state() {
   local peer_id index_rows
   peer_id=$(compose exec -T bootstrap-dht python -c "import json, urllib.request; \
 print(json.load(urllib.request.urlopen('http://127.0.0.1:9103/multiaddrs', timeout=5))['multiaddrs'][0].rsplit('/p2p/', 1)[1])")
   index_rows=$(compose exec -T dataset python -c "import sqlite3; \
 print(sqlite3.connect('file:/data/dataset.sqlite?mode=ro', uri=True).execute('select count(*) from samples').fetchone()[0])")
-  echo "samples_done=$(progress | python3 -c 'import json, sys; print(json.load(sys.stdin)["samples_done"])') index=$index_rows dht=$peer_id"
+  echo "samples_done=$(progress | python3 -c 'import json, sys; print(json.load(sys.stdin)["samples_done"])') index=$index_rows dht=$peer_id tls=$(served_fingerprint 50051)"
 }
 before=$(state)
 log "before restart: $before"
