@@ -35,16 +35,17 @@ def test_settings_defaults_are_the_commands_defaults():
 
 def test_compose_answers_every_rpc_with_exactly_one_part(open_store, db_path, tmp_path):
     from swarm_coordinator.admission import AdmissionRpcs
+    from swarm_coordinator.reachability import ReachabilityRpcs
 
     store = open_store()
     admission = AdmissionRpcs(db_path=db_path, signing_key_path=str(tmp_path / "signing.key"), run_id="test-run")
     parts = [PeerRpcs(store), ConfigRpcs(store), LeaseRpcs(store), ProgressRpcs(store), admission,
-             SampleAccessRpcs(store)]
+             SampleAccessRpcs(store), ReachabilityRpcs(store)]
     servicer = compose(parts)
     for method in pb.DESCRIPTOR.services_by_name["Coordinator"].methods:
         assert getattr(servicer, method.name).__self__ in parts
     with pytest.raises(ValueError, match="RPC GetProgress must be answered by exactly one servicer part, got no part"):
-        compose([*parts[:3], admission, parts[5]])
+        compose([*parts[:3], admission, *parts[5:]])
     with pytest.raises(ValueError, match="RPC GetConfig .* got ConfigRpcs, ConfigRpcs"):
         compose([*parts, ConfigRpcs(store)])
 
