@@ -14,8 +14,12 @@ measured in the same rounds. Alone, a peer runs no all-reduce, so `robust_reduce
 2^19-byte part from 4 senders combined robustly vs hivemind's weighted sum.
 
 A fourth loop is ours training a LoRA (run config `train: lora`, rank 4, diffusers' default targets) on the same
-model: `lora_samples_per_s`; `lora_bytes_per_round` and `full_bytes_per_round` are what one peer sends (and receives)
-per averaging round with the default fp16 compression: the trainable parameters handed to hivemind x 2 bytes.
+model: `lora_samples_per_s`. `lora_bytes_per_round` and `full_bytes_per_round` are MEASURED: the bytes one peer sends
+in one gradient-averaging round of two real hivemind peers (averagers holding tensors shaped like the trainable
+parameters each loop handed to hivemind, the default fp16 compression), counted where hivemind hands messages to its
+p2p daemon, as swarm_trainer_network_bytes_total counts them (swarm_trainer.traffic); matchmaking and DHT messages
+included. The `*_computed` twins are what goes into the averager: trainable parameters x 2 bytes (in a 2-peer round
+each peer sends half of it to the other and the averaged other half back, the same total).
 
 Writes bench/results/trainer_cpu.json: ours and reference samples/s, their ratio, checks_overhead, the LoRA row and
 the setup.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -161,6 +166,47 @@ def robust_reducer_cost(repeats: int = 20) -> dict:
     return out
 
 
+def bytes_per_round(shapes, *, compression: str = "fp16", timeout: float = 60.0) -> int:
+    """Bytes one peer sends in one averaging round of two hivemind peers averaging tensors of these shapes.
+
+    Both peers live in this process (their averagers fork), so the shared counters hold both peers' traffic: the
+    sent bytes of the round are halved. Call it with no other hivemind peer of this process busy.
+    """
+    import concurrent.futures
+
+    import hivemind
+    import torch
+
+    from swarm_trainer import traffic
+    from swarm_trainer.swarm import make_compression
+
+    traffic.install()
+    grad_compression, _ = make_compression(compression)
+    dhts, averagers = [], []
+    try:
+        first = hivemind.DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+        dhts.append(first)
+        dhts.append(hivemind.DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True,
+                                 initial_peers=[str(a) for a in first.get_visible_maddrs()]))
+        for dht in dhts:
+            averagers.append(hivemind.averaging.DecentralizedAverager(
+                [torch.randn(shape) for shape in shapes], dht, prefix="bench-bytes", target_group_size=2,
+                min_group_size=2, min_matchmaking_time=1.0, request_timeout=1.0, compression=grad_compression,
+                start=True))
+        before = traffic.totals()["sent"]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            groups = list(pool.map(lambda averager: averager.step(timeout=timeout), averagers))
+        sent = traffic.totals()["sent"] - before
+        if not all(group is not None and len(group) == 2 for group in groups):
+            raise RuntimeError(f"the two bench peers did not average together: {groups}")
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
+    return sent // 2
+
+
 def _timed(step, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -206,13 +252,16 @@ def main() -> int:
             checked_s += _timed(checked_step, args.steps)
             lora_s += _timed(lora_step, args.steps)
         epochs = engine.local_epoch
-        full_bytes = 2 * sum(p.numel() for p in engine.params)
-        lora_bytes = 2 * sum(p.numel() for p in lora_engine.params)
+        full_shapes = [tuple(p.shape) for p in engine.params]
+        lora_shapes = [tuple(p.shape) for p in lora_engine.params]
     finally:
         shutdown(engine.backend, dht)
         shutdown(lora_engine.backend, lora_dht)
         shutdown(checked_engine.backend, checked_dht)
         trust_dir.cleanup()
+    full_bytes, lora_bytes = bytes_per_round(full_shapes), bytes_per_round(lora_shapes)
+    full_computed = 2 * sum(math.prod(shape) for shape in full_shapes)
+    lora_computed = 2 * sum(math.prod(shape) for shape in lora_shapes)
     samples = args.rounds * args.steps * args.batch_size
     result = {
         "benchmark": "trainer_cpu",
@@ -229,10 +278,17 @@ def main() -> int:
                     "so robust_reducer times the reducer's extra work per 0.5 MiB part separately",
         },
         "lora_samples_per_s": round(samples / lora_s, 3),
+        "lora_vs_full_samples_per_s": round(our_s / lora_s, 3),
         "lora_bytes_per_round": lora_bytes,
         "full_bytes_per_round": full_bytes,
-        "lora_note": "rank 4 on to_k/to_q/to_v/to_out.0; bytes: trainable parameters x 2 (fp16 compression), "
-                     "what one peer sends and receives per averaging round",
+        "lora_bytes_per_round_computed": lora_computed,
+        "full_bytes_per_round_computed": full_computed,
+        "lora_traffic_ratio": round(full_bytes / lora_bytes, 1),
+        "lora_note": "rank 4 on to_k/to_q/to_v/to_out.0. *_bytes_per_round: measured, bytes one peer sent in one "
+                     "gradient-averaging round of 2 real hivemind peers with fp16 compression, counted where hivemind "
+                     "hands messages to its p2p daemon (swarm_trainer.traffic), matchmaking included; *_computed: "
+                     "trainable parameters x 2 bytes. Sync mode also averages parameters every 10th epoch "
+                     "(average_state_every), adapter-sized too under LoRA.",
         "setup": {"model": "tiny (diffusers test UNet 32/64, AutoencoderKL 32/64, CLIP 32x5)",
                   "batch_size": args.batch_size, "resolution": args.resolution, "precision": "fp32",
                   "timed_steps_each": args.rounds * args.steps, "torch_threads": torch.get_num_threads(),
