@@ -35,10 +35,10 @@ def test_roles_from_s3_sources_in_one_index(moto_endpoint, tmp_path):
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
                           config=Config(s3={"addressing_style": "path"}))
     client.create_bucket(Bucket="raw")
-    for i in range(3):
+    for i in range(2):
         client.put_object(Bucket="raw", Key=f"instance/sks{i}.jpg", Body=encode(photo(512, 512, seed=i)))
         client.put_object(Bucket="raw", Key=f"instance/sks{i}.txt", Body=b"a photo of sks dog")
-    for i in range(5):
+    for i in range(3):
         client.put_object(Bucket="raw", Key=f"class/dog{i}.png", Body=encode(photo(512, 512, seed=10 + i), "PNG"))
         client.put_object(Bucket="raw", Key=f"class/dog{i}.txt", Body=b"a photo of a dog")
     storage = open_storage("s3://objects/v1", endpoint_url=moto_endpoint)
@@ -48,23 +48,23 @@ def test_roles_from_s3_sources_in_one_index(moto_endpoint, tmp_path):
     index = Index(tmp_path / "index.sqlite")
     try:
         first = ingest(source=instance, index=index, storage=storage, progress=False)
-        assert first.role == "training" and first.added == 3
+        assert first.role == "training" and first.added == 2
         second = ingest(source=reg, index=index, storage=storage, progress=False, role="regularization")
-        assert second.as_dict()["role"] == "regularization" and second.added == 5
-        assert second.as_dict()["index"]["roles"] == {"training": 3, "regularization": 5}
-        assert "(3 training, 5 regularization)" in second.summary()
+        assert second.as_dict()["role"] == "regularization" and second.added == 3
+        assert second.as_dict()["index"]["roles"] == {"training": 2, "regularization": 3}
+        assert "(2 training, 3 regularization)" in second.summary()
 
         # A re-ingest without --role keeps the role, also for files that changed since.
-        client.put_object(Bucket="raw", Key="class/dog5.png", Body=encode(photo(512, 512, seed=20), "PNG"))
-        client.put_object(Bucket="raw", Key="class/dog5.txt", Body=b"a photo of a dog")
+        client.put_object(Bucket="raw", Key="class/dog3.png", Body=encode(photo(512, 512, seed=20), "PNG"))
+        client.put_object(Bucket="raw", Key="class/dog3.txt", Body=b"a photo of a dog")
         again = ingest(source=reg, index=index, storage=storage, progress=False)
-        assert again.role == "regularization" and (again.added, again.unchanged) == (1, 5)
+        assert again.role == "regularization" and (again.added, again.unchanged) == (1, 3)
         with pytest.raises(RoleError, match="ingested with role regularization"):
             ingest(source=reg, index=index, storage=storage, progress=False, role="training")
         stats = index.stats()
-        assert stats.roles == {"training": 3, "regularization": 6} and stats.samples == 9
+        assert stats.roles == {"training": 2, "regularization": 4} and stats.samples == 6
         refs = index.list_refs()
-        assert [role for _, _, _, role in refs] == ["training"] * 3 + ["regularization"] * 6
+        assert [role for _, _, _, role in refs] == ["training"] * 2 + ["regularization"] * 4
     finally:
         index.close()
 
@@ -75,9 +75,9 @@ def test_roles_from_s3_sources_in_one_index(moto_endpoint, tmp_path):
             stub = dataset_pb2_grpc.DatasetStub(channel)
             page = stub.ListSamples(dataset_pb2.ListSamplesRequest(after_id=0, limit=100), timeout=10)
             roles = [dataset_pb2.SampleRole.Name(s.role) for s in page.samples]
-            assert roles == ["SAMPLE_ROLE_TRAINING"] * 3 + ["SAMPLE_ROLE_REGULARIZATION"] * 6
+            assert roles == ["SAMPLE_ROLE_TRAINING"] * 2 + ["SAMPLE_ROLE_REGULARIZATION"] * 4
             stats = stub.GetStats(dataset_pb2.GetStatsRequest(), timeout=10)
-            assert dict(stats.roles) == {"training": 3, "regularization": 6} and stats.samples == 9
+            assert dict(stats.roles) == {"training": 2, "regularization": 4} and stats.samples == 6
     finally:
         running.stop(grace=1)
 
