@@ -2,6 +2,8 @@
 a late joiner downloads only the adapter state and ends with the same adapter."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +67,7 @@ def test_two_lora_peers_train_and_a_late_joiner_downloads_only_the_adapter(tmp_p
         procs.append(subprocess.Popen(
             [sys.executable, str(PEER_SCRIPT), "--workdir", str(tmp_path), "--name", name, "--other", others,
              "--epochs", "5", "--image-seed", str(names.index(name) + 1), "--lora", *args],
-            stdout=logs[name], stderr=subprocess.STDOUT))
+            stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
         start("a", "--late", "c")
@@ -76,10 +78,12 @@ def test_two_lora_peers_train_and_a_late_joiner_downloads_only_the_adapter(tmp_p
         for proc in procs:
             proc.wait(timeout=420)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+        for proc in procs:  # each peer leads its own process group: its p2p daemons and averagers go with it
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
         for f in logs.values():
             f.close()
     for name, proc in zip(names, procs):
