@@ -179,6 +179,11 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
     def __init__(self, optimizer, **kwargs):
         super().__init__(optimizer, **kwargs)
         self.applied_states = AppliedStates(optimizer.opt)  # tells a download that arrived from one that did not
+        grad_averager = getattr(optimizer, "grad_averager", None)
+        if grad_averager is not None and not grad_averager.client_mode:
+            # hivemind's load_state_from_peers also downloads the gradient averager's buffers and throws them away
+            # (the accumulators are reset right after): a third more bytes for a full UNet. Serve the state only.
+            grad_averager.allow_state_sharing = False
 
     def trust_stats(self) -> dict[str, dict]:
         """Per groupmate: accepted/clipped/dropped/refused as this peer's averagers counted (empty without checks)."""
