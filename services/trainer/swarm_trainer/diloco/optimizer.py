@@ -43,6 +43,7 @@ from swarm_trainer.diloco.compression import (
 from swarm_trainer.diloco.consistent import WIRE_PROTOCOL
 from swarm_trainer.diloco.outer import OUTER_LR, OUTER_MOMENTUM, flatten, nesterov_outer_step, unflatten_into
 from swarm_trainer.diloco.rounds import PeerProgress, averaging_weight, group_bits, lr_step, peers_still_in_round
+from swarm_trainer.state_download import download_timeout
 
 logger = get_logger(__name__)
 
@@ -315,10 +316,13 @@ class DiLoCoOptimizer:
                 self._pending.result()
             except Exception:  # noqa: BLE001 - superseded by the downloaded state
                 pass
+        # The whole download must fit in the timeout (hivemind restarts one that outlives it from scratch): outer
+        # parameters, momentum and a pending average, fp32, over a slow home link.
+        timeout = download_timeout(configured=self.timeouts.load_state, state_size=3 * 4 * self.numel)
         with self._pipe_lock:
-            download = self.averager.load_state_from_peers(wait=False, timeout=self.timeouts.load_state)
+            download = self.averager.load_state_from_peers(wait=False, timeout=timeout)
         try:
-            loaded = download.result(timeout=self.timeouts.load_state + 5)
+            loaded = download.result(timeout=timeout + 5)
         except Exception as e:  # noqa: BLE001 - a failed download keeps this peer's own state
             logger.warning(f"DiLoCo: downloading the outer state failed ({e!r}); keeping this peer's own")
             return False
