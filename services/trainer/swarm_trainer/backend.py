@@ -62,6 +62,10 @@ class SwarmBackend(Protocol):
         """At the end barrier: the swarm owes no more step (nobody holds samples toward the next epoch, nobody is
         ahead), from a fresh look. A peer that left before such a step would end an epoch behind."""
 
+    def step_owed_now(self) -> None:
+        """At the end barrier, every live peer there: let the step the swarm owes happen at the next idle tick rather
+        than when the swarm's throughput estimate says the target batch would be reached (it never will be)."""
+
     def idle_step(self, *, grad_scaler=None) -> bool:
         """A step with no samples of its own, to move through epochs with the busy peers; True when it did."""
 

@@ -126,10 +126,11 @@ def end_barrier(run) -> None:
 
     The coordinator's view (peers_training, swarm_epoch, swarm_epoch_min) is what peers reported in their last
     heartbeats; it cannot see samples still accumulated toward the next epoch (e.g. after a SIGKILLed peer's lost
-    batches left the count off the target's multiple). That step comes once hivemind's ETA passes, to whoever is
-    still idle-ticking: a peer that left before it ended an epoch behind, and the peers that took it waited for it
-    forever. So a peer also asks the swarm's progress records (backend.swarm_settled) and keeps ticking until no
-    step is owed.
+    batches left the count off the target's multiple). hivemind steps them once its ETA passes, which idle ticks keep
+    pushing away, so it came only after a peer had left (its record aged): to the peers still ticking, and the one
+    that left was an epoch behind while the others waited for it forever. So a peer also asks the swarm's progress
+    records (backend.swarm_settled) and, with every live peer at the barrier, takes the owed step now
+    (backend.step_owed_now, then idle ticks) until no step is owed.
     """
     from swarm_trainer.endgame import Participant, joined_a_finished_run
 
@@ -152,6 +153,9 @@ def end_barrier(run) -> None:
                     return
                 if engine.backend.swarm_settled():
                     break
+                # Every live peer is here, so nobody adds samples: the owed step is taken now (by every peer at the
+                # barrier, in the idle ticks below), not when hivemind's ETA for a target never reached passes.
+                engine.backend.step_owed_now()
             # Behind the swarm: download its state (once per swarm epoch seen, in case no listening peer has it).
             elif engine.local_epoch < beat.swarm_epoch and last_load_target != beat.swarm_epoch:
                 last_load_target = beat.swarm_epoch
@@ -181,11 +185,12 @@ def leave(run) -> None:
         run.admission.stop()
     if run.client is not None and run.peer_id:
         release_leases(run)
-    if run.engine is not None and not run.joined_finished_run:  # a finished run's joiner holds only the seed
-        try:
-            run.save()
-        except Exception as e:  # noqa: BLE001
-            logger.error(f"saving the final checkpoint failed: {e!r}")
+    if run.engine is not None:
+        if not run.joined_finished_run:  # a finished run's joiner holds only the seed: no checkpoint of it
+            try:
+                run.save()
+            except Exception as e:  # noqa: BLE001
+                logger.error(f"saving the final checkpoint failed: {e!r}")
         _write_summary(run)
     if run.uploader is not None and not run.uploader.close(timeout=600):
         logger.warning("checkpoint uploads did not finish in 600 s; the local checkpoints are complete")

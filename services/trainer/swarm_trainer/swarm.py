@@ -223,6 +223,17 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
             return False
         return swarm_step_pending(records, local_epoch=optimizer.local_epoch) == (optimizer.local_epoch, 0)
 
+    def step_owed_now(self) -> None:
+        """The run is over and every live peer is at the barrier: the samples accumulated toward the next epoch will
+        never reach the target, and hivemind would step them only once its ETA passes, which every idle tick pushes
+        away again (a tick refreshes this peer's progress record, and the ETA counts time since each record). So the
+        ETA is set to now: the next idle tick takes the step, at about the time the other peers at the barrier do, so
+        they meet in one round (or step alone, and the final sync aligns them)."""
+        from hivemind.utils import get_dht_time
+
+        progress = self.optimizer.tracker.global_progress
+        progress.eta_next_epoch = min(progress.eta_next_epoch, get_dht_time())
+
     def idle_step(self, *, grad_scaler=None) -> bool:
         """A zero-sample step (see TrainEngine.idle_tick); True when it moved this peer to a new epoch."""
         optimizer = self.optimizer

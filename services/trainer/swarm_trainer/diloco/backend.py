@@ -52,6 +52,9 @@ class DiLoCoBackend(OptimizerBackendBase):
         """Nobody ended a round this peer has not (idle_step catches up); the last round is final_sync's."""
         return not self.swarm_is_stepping()
 
+    def step_owed_now(self) -> None:
+        """Nothing to hurry: idle_step ends a round the swarm finished, and the last round is final_sync's."""
+
     def idle_step(self, *, grad_scaler=None) -> bool:
         if not self.swarm_is_stepping():
             return False
