@@ -207,12 +207,23 @@ def final_sync(*, optimizer, dht, run_id: str, peer_id: str, participants: Seque
         return "timeout"
     if not everyone:
         logger.warning("final sync: not every peer published; syncing with the anchor anyway")
-    outcome = "matched"
-    if not fingerprints_match(fingerprint, records[anchor]["fingerprint"]):
+    outcome, downloads = "matched", 0
+    # hivemind's load_state_from_peers returns as if it had loaded when no download arrived (a timeout), so the
+    # fingerprint is checked again after each try; the anchor stays up until this peer publishes "synced".
+    while not fingerprints_match(fingerprint, records[anchor]["fingerprint"]):
+        if downloads and time.monotonic() >= deadline:
+            logger.warning(f"final sync: parameters still differ from the anchor {anchor} after {downloads} "
+                           f"download(s) in {timeout:.0f} s; leaving with own parameters")
+            outcome = "timeout"
+            break
+        if downloads:
+            time.sleep(1.0)
         logger.info(f"final sync: parameters differ from the anchor {anchor}; downloading its state")
         optimizer.load_state_from_peers()
+        downloads += 1
         outcome = "downloaded"
-    _publish(dht, run_id, peer_id, {"fingerprint": parameter_fingerprint(params), "synced": True}, ttl=ttl)
+        fingerprint = parameter_fingerprint(params)
+    _publish(dht, run_id, peer_id, {"fingerprint": fingerprint, "synced": True}, ttl=ttl)
     return outcome
 
 
