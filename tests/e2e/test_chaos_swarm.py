@@ -3,7 +3,8 @@
 The swarm is the demo's (host services and two trainers as separate processes on loopback, tiny model, real
 images). A killed process gets no chance to release or report anything, as when a machine dies: its leases must
 expire back into the queue, nothing acknowledged may be lost, nothing may count twice, and the run must still end
-with every chunk trained exactly max_data_epochs times and both peers holding the same parameters.
+with every chunk trained exactly max_data_epochs times and both peers holding the same parameters. A peer that joins
+after the run finished says so and saves nothing.
 """
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ def test_run_survives_sigkill_of_a_trainer_and_the_coordinator(tmp_path):
 
         wait_for_trainers(peers, host.coordinator_address, token, total=n_images * 3, timeout=420)
         final = progress()
+        # A new peer joining the finished run, with nobody left to serve its state: it says the run is over and
+        # leaves (exit 0) without a checkpoint of the seed weights it holds.
+        peers.append(start_demo_trainer(tmp_path, 2, coordinator=host.coordinator_address, token=token))
+        wait_for_trainers(peers[2:], host.coordinator_address, token, total=n_images * 3, timeout=180)
     finally:
         for peer in peers:
             peer.stop(timeout=60)
@@ -77,6 +82,9 @@ def test_run_survives_sigkill_of_a_trainer_and_the_coordinator(tmp_path):
     # (was a known bug: one peer's last step ran alone after the barrier had let the other leave one epoch behind).
     assert summaries[0]["global_epoch"] == summaries[1]["global_epoch"] > 0, summaries
     assert sorted(s["final_sync"] for s in summaries) in (["anchor", "matched"], ["anchor", "downloaded"]), summaries
+    late = json.loads((tmp_path / "trainer-2" / "summary.json").read_text())
+    assert late["joined_finished_run"] and late["checkpoint"] is None and late["samples_trained"] == 0, late
+    assert not list((tmp_path / "trainer-2").glob("checkpoints/epoch-*")), "no checkpoint of the seed weights"
     first, second = (load_file(f"{s['checkpoint']}/unet/diffusion_pytorch_model.safetensors") for s in summaries)
     for name in first:
         torch.testing.assert_close(first[name], second[name], atol=1e-5, rtol=1e-4, msg=f"{name} differs")
