@@ -32,6 +32,11 @@ class TlsError(UsageError, ValueError):
     fix (a UsageError: the `swarm` command prints it as its error, no traceback)."""
 
 
+class TlsUnreachable(TlsError):
+    """The server's certificate could not be fetched because the server did not answer (down, restarting, a network
+    blip): worth trying again later, unlike a server that answers without TLS or with another certificate."""
+
+
 @dataclass(frozen=True)
 class ClientTls:
     """How a client checks the server: a pinned sha256 fingerprint of its certificate, or a CA file."""
@@ -174,13 +179,18 @@ def server_credentials(cert_path: str, key_path: str):
     return grpc.ssl_server_credentials([(key, cert)])
 
 
-def pinned_certificate(address: str, fingerprint: str, *, timeout: float = 10.0, retry_for: float = 30.0) -> bytes:
+# How long a pinned fetch tries a server that does not answer before giving up (TlsUnreachable).
+PIN_RETRY_S = 30.0
+
+
+def pinned_certificate(address: str, fingerprint: str, *, timeout: float = 10.0,
+                       retry_for: float | None = None) -> bytes:
     """The server's certificate (PEM) if its fingerprint is `fingerprint`; TlsError saying so otherwise.
 
     A server that cannot be reached (restarting, a network blip) is tried again for `retry_for` seconds, as gRPC
     would retry an unavailable server; one that answers without TLS or with another certificate is refused at once."""
     host, port = split_address(address)
-    deadline = time.monotonic() + retry_for
+    deadline = time.monotonic() + (PIN_RETRY_S if retry_for is None else retry_for)
     delay = 0.5
     while True:
         try:
@@ -190,7 +200,7 @@ def pinned_certificate(address: str, fingerprint: str, *, timeout: float = 10.0,
             raise TlsError(f"could not fetch the TLS certificate of {address}: {e} (is it serving TLS?)") from None
         except OSError as e:
             if time.monotonic() + delay > deadline:
-                raise TlsError(f"could not fetch the TLS certificate of {address}: {e} (is the host up, and "
+                raise TlsUnreachable(f"could not fetch the TLS certificate of {address}: {e} (is the host up, and "
                                f"the address right?)") from None
             time.sleep(delay)
             delay = min(2 * delay, 5.0)

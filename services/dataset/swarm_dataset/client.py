@@ -22,12 +22,15 @@ from PIL import Image
 
 from swarm import rpc
 from swarm.logs import get_logger
+from swarm.tls import TlsUnreachable
 from swarm.v1 import dataset_pb2, dataset_pb2_grpc
 from swarm_dataset import imaging
 
 logger = get_logger(__name__)
 
 # Worth another try: the server or its storage was briefly unreachable, or the deadline hit on a slow link.
+# Between tries to reach a dataset service whose pinned certificate could not be fetched (it was down).
+RECONNECT_PAUSE_S = 5.0
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 Sample = tuple[Image.Image, str, int]
@@ -115,7 +118,15 @@ class ChunkPrefetcher:
         self._retries = retries
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._channel = rpc.channel(address)
+        try:
+            self._channel = rpc.channel(address)
+        except TlsUnreachable as e:
+            # A pinned certificate is fetched before the channel exists: a dataset service that is down now (a
+            # restart) is waited for in the background, as a plaintext channel would reconnect by itself. Any other
+            # TLS error (no TLS, another certificate) is raised here: retrying would not help.
+            logger.warning(f"{e}; trying again in the background")
+            self._channel = None
+        self._channel_ready = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="chunk-prefetcher", daemon=True)
         self._thread.start()
 
@@ -128,8 +139,27 @@ class ChunkPrefetcher:
                 continue
         return False
 
+    def _connect(self) -> bool:
+        """Make the channel when the constructor could not (see there); False if stopped first."""
+        while self._channel is None:
+            if self._stop.wait(RECONNECT_PAUSE_S):
+                return False
+            try:
+                channel = rpc.channel(self.address)
+            except TlsUnreachable as e:
+                logger.warning(f"{e}; trying again in {RECONNECT_PAUSE_S:.0f} s")
+                continue
+            with self._channel_ready:
+                if self._stop.is_set():
+                    channel.close()
+                    return False
+                self._channel = channel
+        return True
+
     def _run(self) -> None:
         try:
+            if not self._connect():
+                return
             for key, sample_ids in self._chunks:
                 if self._stop.is_set():
                     return
@@ -179,7 +209,9 @@ class ChunkPrefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        self._channel.close()  # cancels a stream in flight, so the thread ends now rather than after the chunk
+        with self._channel_ready:
+            if self._channel is not None:
+                self._channel.close()  # cancels a stream in flight: the thread ends now rather than after the chunk
         self._thread.join(timeout=10)
 
     def __enter__(self) -> "ChunkPrefetcher":
