@@ -84,13 +84,13 @@ def test_a_step_is_pending_while_samples_wait_at_the_swarms_epoch():
     assert swarm_step_pending([None, "junk", _record(3, 0)], local_epoch=3) == (3, 0)
 
 
-def test_joined_a_finished_run_only_without_samples_state_or_live_peers_ahead():
+def test_joined_a_finished_run_only_when_it_trained_nothing_and_nobody_is_left():
     from swarm_trainer.endgame import joined_a_finished_run
 
-    assert joined_a_finished_run(samples_trained=0, local_epoch=0, swarm_epoch=0)
-    assert not joined_a_finished_run(samples_trained=4, local_epoch=0, swarm_epoch=0)  # it trained here
-    assert not joined_a_finished_run(samples_trained=0, local_epoch=7, swarm_epoch=7)  # downloaded or resumed
-    assert not joined_a_finished_run(samples_trained=0, local_epoch=0, swarm_epoch=7)  # peers up: download first
+    assert joined_a_finished_run(samples_trained=0, chunks_reported=0, other_live_peers=0)
+    assert not joined_a_finished_run(samples_trained=4, chunks_reported=1, other_live_peers=0)  # it trained here
+    assert not joined_a_finished_run(samples_trained=0, chunks_reported=1, other_live_peers=0)  # counted a chunk
+    assert not joined_a_finished_run(samples_trained=0, chunks_reported=0, other_live_peers=1)  # sync with them
 
 
 @pytest.mark.timeout(120)

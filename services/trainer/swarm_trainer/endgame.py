@@ -108,12 +108,13 @@ def swarm_step_pending(records: Iterable[dict], *, local_epoch: int) -> tuple[in
     return epoch, samples
 
 
-def joined_a_finished_run(*, samples_trained: int, local_epoch: int, swarm_epoch: int) -> bool:
-    """At a passed end barrier: this peer trained nothing and holds no swarm state (epoch 0, never downloaded), and
-    no live peer is further along. The run was over before it joined and nobody is up to serve the final state; its
-    parameters are the seed's, and a checkpoint of them would pass for the run's result. (A joiner that found peers
-    still up downloaded their state at join or at the barrier, and is at their epoch.)"""
-    return samples_trained == 0 and local_epoch == 0 and swarm_epoch == 0
+def joined_a_finished_run(*, samples_trained: int, chunks_reported: int, other_live_peers: int) -> bool:
+    """At a passed end barrier: this peer trained nothing in this run and no other live peer is left to sync with.
+    The run was over before it could take part, and what it holds is not the run's result: the seed weights, or an
+    epoch hivemind moved it to without a state (its catch-up does that when no peer serves one), or an owed step
+    taken with zero gradients. A checkpoint of that would pass for the result. (A joiner that finds peers still up
+    syncs with them instead: the final sync downloads the anchor's state.)"""
+    return samples_trained == 0 and chunks_reported == 0 and other_live_peers == 0
 
 
 def read_progress_records(dht, key: str, *, timeout: float = 10.0) -> list[dict] | None:

@@ -144,8 +144,9 @@ def end_barrier(run) -> None:
         beat = run.heartbeat_once()
         if beat is not None:
             if beat.peers_training == 0 and beat.swarm_epoch_min == beat.swarm_epoch == engine.local_epoch:
-                if joined_a_finished_run(samples_trained=engine.stats.samples_trained, local_epoch=engine.local_epoch,
-                                         swarm_epoch=beat.swarm_epoch):
+                if engine.stats.samples_trained == 0 and joined_a_finished_run(
+                        samples_trained=engine.stats.samples_trained, chunks_reported=run.chunks_reported,
+                        other_live_peers=len({p.peer_id for p in run.client.list_peers().peers} - {run.peer_id})):
                     run.joined_finished_run = True
                     logger.warning(f"run {run.run_id!r} was already complete when this peer joined, and no peer that "
                                    f"trained it is up to serve its final state: nothing to train or save here (the "
