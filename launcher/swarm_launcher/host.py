@@ -105,7 +105,11 @@ def start_host(workdir: str | os.PathLike, *, config_path: str | None = None, ru
         coordinator_args = [
             "coordinator", "--listen", f"{bind_host}:{coordinator_port}", "--db", str(db_path),
             *(["--run-id", run_id] if run_id else []),
-            "--dataset", f"127.0.0.1:{dataset_port}", "--metrics-port", str(coordinator_metrics),
+            # The coordinator syncs from the dataset service where it listens (loopback for a wildcard bind);
+            # volunteers are told the public host's address for it.
+            "--dataset", _connect_address(f"{bind_host}:{dataset_port}", None),
+            *(["--dataset-public-address", f"{public_host}:{dataset_port}"] if public_host else []),
+            "--metrics-port", str(coordinator_metrics),
             "--bootstrap-peers-url", f"http://{metrics_reach}:{bootstrap.info['metrics_port']}/multiaddrs",
             *metrics_host_args, *tls_args,
         ]
@@ -153,10 +157,12 @@ def _host_tls(workdir: Path, *, bind_host: str, public_host: str | None,
     if insecure:
         return ["--insecure"], {}, None
     cert, key = str(workdir / "tls.crt"), str(workdir / "tls.key")
-    names = tls.certificate_names([public_host or "", "localhost", "127.0.0.1"])
+    bound = _connect_address(f"{bind_host}:0", None).rpartition(":")[0]  # 127.0.0.1 for a wildcard bind
+    names = tls.certificate_names([public_host or "", bound, "localhost", "127.0.0.1"])
     fingerprint = tls.make_self_signed(cert, key, hostnames=names)
-    # The children's own clients (the dataset service checking tokens, the coordinator syncing the index) dial
-    # 127.0.0.1, which the certificate names; a pin the user exported for other hosts must not override it.
+    # The children's own clients (the dataset service checking tokens, the coordinator syncing the index) dial the
+    # bound address (127.0.0.1 for a wildcard), which the certificate names; a pin the user exported for other hosts
+    # must not override it.
     return ["--tls-cert", cert, "--tls-key", key], {tls.CA_FILE_ENV: cert, tls.FINGERPRINT_ENV: ""}, fingerprint
 
 

@@ -36,7 +36,8 @@ def test_host_needs_a_dataset_then_serves_and_stops_cleanly(tmp_path, processes)
     write_demo_folder(tmp_path / "images")
     subprocess.run([sys.executable, "-m", "swarm_launcher", "ingest", str(tmp_path / "images"), "--index",
                     str(data_dir / "dataset.sqlite"), "--no-progress"], check=True, capture_output=True, timeout=300)
-    host = start_service("host", ["host", "--data-dir", str(data_dir), "--bind-host", "127.0.0.1",
+    # Bound to one address that is not 127.0.0.1: the coordinator must sync from the dataset service there.
+    host = start_service("host", ["host", "--data-dir", str(data_dir), "--bind-host", "127.0.0.2",
                                   "--coordinator-port", "0", "--dataset-port", "0", "--dht-port", "0",
                                   "--status-port", "0"],
                          workdir=tmp_path)
