@@ -28,14 +28,16 @@ class RobustTensorPartReducer(TensorPartReducer):
 
     :param caps: per sender index, the most weight that sender may claim this round (inf or None: no cap).
     :param excluded: per sender index, True for a banned sender: its parts are dropped unread.
+    :param own_index: this peer's sender index, if it sends: in a part with two usable senders its own part is the
+      trusted scale for the other's (robust.clip_to_trusted).
     :param ledger: with `sender_ids`, where the weight each sender was allowed is charged once per round (the
       larger of its capped claims over the parts of it that counted).
     """
 
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, *, rules: RobustRules,
                  caps: Sequence[float | None], excluded: Sequence[bool] = (), ledger: WeightLedger | None = None,
-                 sender_ids: Sequence[str] = ()):
-        self.rules, self.caps = rules, list(caps)
+                 sender_ids: Sequence[str] = (), own_index: int | None = None):
+        self.rules, self.caps, self.own_index = rules, list(caps), own_index
         self.excluded = list(excluded) or [False] * num_senders
         self.verdicts = RoundVerdicts(num_senders)
         self.ledger, self.sender_ids = ledger, list(sender_ids)
@@ -95,7 +97,9 @@ class RobustTensorPartReducer(TensorPartReducer):
         inputs, future = dict(self._inputs), self.current_part_future
         combined = asyncio.get_event_loop().run_in_executor(
             None, lambda: robust_average([inputs[i][0] for i in senders], [inputs[i][1] for i in senders],
-                                         caps=[self.caps[i] for i in senders], rules=self.rules))
+                                         caps=[self.caps[i] for i in senders], rules=self.rules,
+                                         trusted=senders.index(self.own_index) if self.own_index in senders
+                                         else None))
         combined.add_done_callback(lambda done: self._part_combined(done, senders, inputs, future))
 
     def _part_combined(self, done: asyncio.Future, senders: list[int], inputs: dict, future: asyncio.Future) -> None:
@@ -178,7 +182,8 @@ class RobustAllReduceRunner(AllReduceRunner):
         self.tensor_part_reducer = RobustTensorPartReducer(
             tuple(part.shape for part in self.parts_for_local_averaging), len(self.sender_peer_ids), rules=rules,
             caps=self.weight_caps, excluded=[peer in excluded for peer in self.sender_peer_ids],
-            ledger=ledger, sender_ids=sender_ids)
+            ledger=ledger, sender_ids=sender_ids,
+            own_index=self.sender_peer_ids.index(self.peer_id) if self.peer_id in self.sender_peer_ids else None)
         # hivemind builds the container inside AllReduceRunner.__init__ with no hook, and the local parts already
         # point into it, so the checked behaviour is switched on in place (the subclass adds no state of its own).
         container = self.tensor_part_container

@@ -44,6 +44,9 @@ class RobustRules:
     weight_cap_multiple: float = 4.0  # a claim above this x the round's median claim is cut down to it
     outlier_multiple: float = 5.0  # a part this x farther from the median than the median distance is dropped
     result_norm_multiple: float = 10.0  # a reducer's answer above this x the norm of what we sent it is refused
+    # With two senders there is no majority; the reducer trusts only its own part and cuts the other's norm to this
+    # x its own (see clip_to_trusted): the worst a poisoned partner can do is cancel that slice's step.
+    pair_norm_multiple: float = 1.0
 
     def __post_init__(self):
         if not self.tau_multiple > 0:
@@ -56,6 +59,8 @@ class RobustRules:
             raise ValueError(f"outlier_multiple must exceed tau_multiple, got {self.outlier_multiple}")
         if not self.result_norm_multiple >= 1:
             raise ValueError(f"result_norm_multiple must be >= 1, got {self.result_norm_multiple}")
+        if not self.pair_norm_multiple > 0:
+            raise ValueError(f"pair_norm_multiple must be > 0, got {self.pair_norm_multiple}")
 
 
 def is_finite_part(part: torch.Tensor) -> bool:
@@ -152,13 +157,28 @@ def _centered_clip(stacked: torch.Tensor, weights: Sequence[float], *, rules: Ro
     return centre, clipped
 
 
+def clip_to_trusted(part: torch.Tensor, trusted: torch.Tensor, *, multiple: float) -> tuple[torch.Tensor, bool]:
+    """(`part` with its norm cut to `multiple` x the norm of `trusted`, whether it was cut).
+
+    For a group of two, where CenteredClip has no majority and the weighted mean would take a x1e6 or a sign-flipped
+    x10 part as it is: the reducer's own part is the one input it knows to be honest, so the other may pull the
+    slice at most as hard as that one pushes. A trusted part of norm 0 (an idle peer) gives no scale: nothing is cut.
+    """
+    limit = multiple * float(trusted.float().norm())
+    norm = float(part.float().norm())
+    if limit <= 0.0 or norm <= limit:
+        return part, False
+    return part * (limit / norm), True
+
+
 def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
-                   caps: Sequence[float | None] | None = None,
+                   caps: Sequence[float | None] | None = None, trusted: int | None = None,
                    rules: RobustRules = RobustRules()) -> tuple[torch.Tensor | None, list[str]]:
     """Combine one part from every sender: (average or None when no sender is usable, verdict per sender).
 
-    verdicts: "dropped" (non-finite values or weight, or a far outlier), "clipped" (CenteredClip cut its
-    difference), else "accepted".
+    `trusted`: the index of the reducer's own part, if it is among them (used when only two parts are usable, see
+    clip_to_trusted). verdicts: "dropped" (non-finite values or weight, or a far outlier), "clipped" (CenteredClip
+    or the pair rule cut it), else "accepted".
     """
     caps = list(caps) if caps is not None else [None] * len(parts)
     if len(caps) != len(parts) or len(weights) != len(parts):
@@ -183,6 +203,13 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
             inliers = [j for j, outlier in enumerate(outliers) if not outlier]
             kept = [kept[j] for j in inliers]
             stacked, distances = stacked[inliers], distances[inliers][:, inliers]
+    if len(kept) == 2 and trusted in kept and weights[trusted] > 0:
+        other = kept[1 - kept.index(trusted)]
+        row = kept.index(other)
+        stacked[row], was_cut = clip_to_trusted(stacked[row], stacked[kept.index(trusted)],
+                                                multiple=rules.pair_norm_multiple)
+        if was_cut:
+            verdicts[other] = CLIPPED
     kept_weights = capped_weights([weights[i] for i in kept], caps=[caps[i] for i in kept], rules=rules)
     average, clipped = _centered_clip(stacked, kept_weights, rules=rules,
                                       distances=distances if len(kept) >= 3 else None)

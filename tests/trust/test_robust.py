@@ -99,3 +99,27 @@ def test_reducer_answer_checks():
     assert not reducer_result_ok(sent, sent * 1e6, rules=rules)  # far too long
     assert not reducer_result_ok(sent, -2.75 * sent, rules=rules)  # points against what we sent
     assert reducer_result_ok(torch.zeros(8), sent, rules=rules)  # nothing sent to compare with: finite is enough
+
+
+def test_in_a_pair_the_reducer_trusts_its_own_part():
+    """Two senders have no majority: the other part's norm is cut to the reducer's own, so a x1e6 part moves the slice
+    no further than an honest one and a sign-flipped x10 part can at worst cancel it (issue 10, 2-peer groups)."""
+    from swarm.trust.robust import CLIPPED, clip_to_trusted
+
+    own = torch.tensor([1.0, 2.0, 2.0])  # norm 3
+    poisoned, verdicts = robust_average([own, own * 1e6], [1.0, 1.0], trusted=0)
+    assert verdicts == [ACCEPTED, CLIPPED]
+    torch.testing.assert_close(poisoned, own)  # the x1e6 part, cut to norm 3, points the same way
+    flipped, verdicts = robust_average([own * -10, own], [1.0, 1.0], trusted=1)
+    assert verdicts == [CLIPPED, ACCEPTED]
+    torch.testing.assert_close(flipped, torch.zeros(3))
+    honest = torch.tensor([1.0, 1.0, 1.0])  # shorter than ours: taken as it is
+    average, verdicts = robust_average([own, honest], [1.0, 3.0], trusted=0)
+    assert verdicts == [ACCEPTED, ACCEPTED]
+    torch.testing.assert_close(average, (own + 3 * honest) / 4)
+    # Without knowing which part is ours (trusted=None), or with an idle own part (norm 0 or weight 0): plain mean.
+    assert robust_average([own, own * 1e6], [1.0, 1.0])[1] == [ACCEPTED, ACCEPTED]
+    assert robust_average([torch.zeros(3), own * 1e6], [1.0, 1.0], trusted=0)[1] == [ACCEPTED, ACCEPTED]
+    assert robust_average([own, own * 1e6], [0.0, 1.0], trusted=0)[1] == [ACCEPTED, ACCEPTED]
+    assert clip_to_trusted(own * 4, own, multiple=2.0)[1] and float(clip_to_trusted(own * 4, own, multiple=2.0)[0]
+                                                                     .norm()) == pytest.approx(6.0)
