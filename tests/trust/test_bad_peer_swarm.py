@@ -163,9 +163,12 @@ def test_each_attack_kind_was_dropped_or_clipped_by_the_honest_peers(runs):
         for name in HONEST:
             seen[r["attack"]] |= judged(name, r["epoch"])
         group = r["group"] or ()
-        for peer in group:  # the bad peer saw the round complete with these groupmates: they judged it
-            if peer in honest_ids and (len(group) >= 3 or r["attack"] in ("nan", "inf")):
-                assert judged(honest_ids[peer], r["epoch"]) & {"dropped", "clipped"}, (r, verdicts)
+        # The bad peer saw the round complete with these groupmates: they judged it. At least one of them logged its
+        # verdict (a groupmate that had banned the bad peer for an earlier non-finite part ignores its parts unread
+        # and logs no verdict; the per-kind checks below still need each kind judged).
+        judges = [honest_ids[peer] for peer in group if peer in honest_ids]
+        if judges and (len(group) >= 3 or r["attack"] in ("nan", "inf")):
+            assert any(judged(name, r["epoch"]) & {"dropped", "clipped"} for name in judges), (r, verdicts)
     # Non-finite parts are dropped whatever the group size; the second non-finite kind usually comes while the bad
     # peer is banned for the first, and is refused at the door instead.
     refused = sum(c.refused for c in runs["progress"].contributions if c.token_name == "bad")
