@@ -118,17 +118,13 @@ def test_honest_peers_stay_finite_and_train_as_well_as_without_the_bad_peer(runs
         # who trains which chunk); the claim is that the bad peer does not make the honest peers worse.
         if loss > 1.1 * baseline_loss:
             worse[name] = round(loss, 4)
-    if worse and _poisoned_pair_rounds(attacked):
-        pytest.xfail(f"KNOWN OPEN BUG (see _poisoned_pair_rounds): honest loss {worse} vs baseline "
-                     f"{baseline_loss:.4f} after poisoned rounds in 2-peer groups {_poisoned_pair_rounds(attacked)}")
-    assert not worse, (worse, baseline_loss)
+    assert not worse, (worse, baseline_loss, "poisoned pair rounds:", _poisoned_pair_rounds(attacked))
 
 
 def _poisoned_pair_rounds(attacked) -> list[tuple[int, str]]:
-    """Poisoned rounds the bad peer averaged with exactly one honest peer. Known open bug in swarm.trust (reported to
-    its owners): with two senders a part has no majority, so robust_average is the plain weighted mean and the honest
-    reducer adds a x1e6 or flipped x10 part into its own slice (only non-finite parts are dropped; only the answers for
-    slices OTHERS reduced are checked). hivemind forms such pairs often on a loaded machine."""
+    """Poisoned rounds the bad peer averaged with exactly one honest peer. hivemind forms such pairs often on a loaded
+    machine; a pair has no majority, so the honest reducer trusts its own part and cuts the other's norm to it
+    (robust.clip_to_trusted; before that rule these rounds left the honest loss 45-70% worse than the baseline)."""
     return [(r["epoch"], r["attack"]) for r in attack_rounds(attacked.attack_log("bad"))
             if r["attack"] in ("x1e6", "flip_x10") and r["group"] and len(r["group"]) == 2]
 
@@ -149,8 +145,9 @@ def test_each_attack_kind_was_dropped_or_clipped_by_the_honest_peers(runs):
     attacked, bad_id = runs["attacked"], runs["bad_peer_id"]
     rounds = [r for r in attack_rounds(attacked.attack_log("bad")) if r["attack"] != "none"]
     sent = {r["attack"] for r in rounds}
-    # The run may end (revocation at REVOKE_AT_SHARE) before the last kind: a loaded machine gives fewer rounds.
-    assert {"x1e6", "flip_x10"} <= sent and sent & {"nan", "inf"}, rounds
+    # The run may end (revocation at REVOKE_AT_SHARE) before the last kinds: a loaded machine gives fewer rounds.
+    # The finite kinds come first and must have been sent; the non-finite ones are checked when they were.
+    assert {"x1e6", "flip_x10"} <= sent, rounds
     honest_ids = {attacked.summary(name)["peer_id"]: name for name in HONEST}
     verdicts = {name: verdicts_by_round(attacked.workdir / "logs" / f"{name}.log", bad_id) for name in HONEST}
     def judged(name: str, epoch: int) -> set[str]:
@@ -172,13 +169,11 @@ def test_each_attack_kind_was_dropped_or_clipped_by_the_honest_peers(runs):
     # Non-finite parts are dropped whatever the group size; the second non-finite kind usually comes while the bad
     # peer is banned for the first, and is refused at the door instead.
     refused = sum(c.refused for c in runs["progress"].contributions if c.token_name == "bad")
-    assert "dropped" in seen["nan"] | seen["inf"] or refused > 0, (seen, runs["progress"].contributions)
+    if sent & {"nan", "inf"}:
+        assert "dropped" in seen["nan"] | seen["inf"] or refused > 0, (seen, runs["progress"].contributions)
     if "inf" in sent and "nan" in sent:
         assert "dropped" in seen["nan"] | seen["inf"] and ("dropped" in seen["nan"] & seen["inf"] or refused > 0), seen
     unjudged = [attack for attack in ("x1e6", "flip_x10") if not seen[attack] & {"dropped", "clipped"}]
-    if unjudged and _poisoned_pair_rounds(attacked):
-        pytest.xfail(f"KNOWN OPEN BUG (see _poisoned_pair_rounds): {unjudged} accepted in 2-peer groups "
-                     f"{_poisoned_pair_rounds(attacked)}; verdicts {seen}")
     assert not unjudged, (unjudged, seen, rounds)
 
 
@@ -189,7 +184,8 @@ def test_swarm_status_counts_the_bad_tokens_rejected_contributions(runs):
         for verdict in row:
             row[verdict] += getattr(c, verdict)
     bad = by_token.get("bad")
-    assert bad is not None and bad["dropped"] >= 2, by_token  # x1e6 (an outlier) and NaN at least
+    # x1e6 (an outlier in groups of 3+, clipped in a pair) and flip x10 at least; NaN/Inf are dropped or refused.
+    assert bad is not None and bad["dropped"] + bad["clipped"] + bad["refused"] >= 2, by_token
 
 
 def test_a_revoked_peer_loses_its_leases_at_once_and_is_out_of_averaging_within_one_credential_lifetime(runs):
