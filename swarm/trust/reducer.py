@@ -20,7 +20,16 @@ from hivemind.averaging.partition import AllreduceException, BannedException, Te
 from hivemind.p2p import PeerID
 
 from swarm.trust.budget import WeightBudgets, WeightLedger
-from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, RobustRules, RoundVerdicts, reducer_result_ok, robust_average
+from swarm.trust.robust import (
+    ACCEPTED,
+    CLIPPED,
+    DROPPED,
+    RobustRules,
+    RoundVerdicts,
+    pair_result_ok,
+    reducer_result_ok,
+    robust_average,
+)
 
 
 class RobustTensorPartReducer(TensorPartReducer):
@@ -155,6 +164,12 @@ class CheckedTensorPartContainer(TensorPartContainer):
             if excluded or not reducer_result_ok(sent, part, rules=self.rules, check_direction=self.group_size > 2):
                 if not excluded:
                     self.refused_reducers.add(peer_index)
+                part = torch.zeros_like(sent)
+                self.failed_size += part.numel()
+            elif self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules):
+                # A pair's other reducer answered against what we sent, or much longer: it may be a poisoned
+                # average (its own part trusted by it), or, rarely, an honest one whose gradient opposes ours.
+                # Our own part is used for that slice, without a ban (an honest partner can fail this).
                 part = torch.zeros_like(sent)
                 self.failed_size += part.numel()
         super().register_processed_part(peer_index, part_index, part)

@@ -23,7 +23,7 @@ judged per part; `RoundVerdicts` folds that into one verdict per sender and roun
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -47,6 +47,7 @@ class RobustRules:
     # With two senders there is no majority; the reducer trusts only its own part and cuts the other's norm to this
     # x its own (see clip_to_trusted): the worst a poisoned partner can do is cancel that slice's step.
     pair_norm_multiple: float = 1.0
+    pair_answer_multiple: float = 2.0  # in a pair, an answer above this x our part's norm is not used (pair_result_ok)
 
     def __post_init__(self):
         if not self.tau_multiple > 0:
@@ -217,6 +218,15 @@ def robust_average(parts: Sequence[torch.Tensor], weights: Sequence[float], *,
         if was_clipped:
             verdicts[i] = CLIPPED
     return average.to(parts[kept[0]].dtype), verdicts
+
+
+def pair_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRules) -> bool:
+    """In a pair, whether the other reducer's answer for its slice looks like an honest pair's average: not pointing
+    against what we sent, and at most `pair_answer_multiple` x its norm. An honest reducer of a pair cuts our part to
+    its own norm (clip_to_trusted) and averages, so its answer stays near both; a poisoned reducer trusts its own
+    poisoned part (a flipped x10 part gives about -5x ours, inside the general 10x bound)."""
+    return reducer_result_ok(sent, delta, rules=replace(rules, result_norm_multiple=rules.pair_answer_multiple),
+                             check_direction=True)
 
 
 def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRules,

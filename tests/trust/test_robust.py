@@ -123,3 +123,14 @@ def test_in_a_pair_the_reducer_trusts_its_own_part():
     assert robust_average([own, own * 1e6], [0.0, 1.0], trusted=0)[1] == [ACCEPTED, ACCEPTED]
     assert clip_to_trusted(own * 4, own, multiple=2.0)[1] and float(clip_to_trusted(own * 4, own, multiple=2.0)[0]
                                                                      .norm()) == pytest.approx(6.0)
+
+
+def test_in_a_pair_an_answer_against_ours_or_much_longer_is_not_used():
+    from swarm.trust.robust import pair_result_ok
+
+    sent = torch.tensor([1.0, 2.0, 2.0])
+    honest_average = (sent + torch.tensor([2.0, 1.0, 2.0])) / 2
+    assert pair_result_ok(sent, honest_average - sent, rules=RobustRules())
+    poisoned = (sent + sent * -10) / 2  # the bad reducer trusted its own flipped x10 part: -4.5x ours
+    assert not pair_result_ok(sent, poisoned - sent, rules=RobustRules())
+    assert not pair_result_ok(sent, sent * 3 - sent, rules=RobustRules())  # 3x ours, same direction
