@@ -200,17 +200,8 @@ class AveragerGuard:
                               ledger=self._weight_ledger, budgets=self._fresh_weight_budgets(),
                               servicer_type=type(self), prefix=self.prefix, tensors=tensors,
                               group_id=group_id, ordered_peer_ids=group_info.peer_ids, **kwargs)
-        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
-        self._running_groups[group_id].set_result(runner)
         try:
-            if runner.modes[group_info.peer_ids.index(self.peer_id)] != _aux_mode():
-                async for tensor, update in azip(as_aiter(*tensors), runner):
-                    tensor.add_(update, alpha=self._averaging_alpha)
-                    self.last_updated = get_dht_time()
-                    self._state_updated.set()
-            else:
-                async for _ in runner:
-                    raise ValueError("aux peers should not receive averaged tensors")
+            await apply_allreduce(self, runner, tensors=tensors, group_info=group_info, group_id=group_id)
         finally:
             for peer, budget in runner.budget_cuts().items():  # an honest peer is never cut in a normal run
                 logger.warning(f"{self.prefix}: cut the weight {peer} (token "
@@ -316,6 +307,21 @@ class GuardedMatchmaking(Matchmaking):
             logger.debug(f"not following {leader}: no valid credential or banned")
             return None
         return await super()._request_join_group(leader)
+
+
+async def apply_allreduce(averager, runner, *, tensors, group_info: GroupInfo, group_id: bytes) -> None:
+    """The tail of hivemind's `_run_allreduce_inplace_` for a runner built elsewhere: register it for the group and
+    add its updates to `tensors` (an aux peer receives none)."""
+    assert group_id in averager._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
+    averager._running_groups[group_id].set_result(runner)
+    if runner.modes[group_info.peer_ids.index(averager.peer_id)] != _aux_mode():
+        async for tensor, update in azip(as_aiter(*tensors), runner):
+            tensor.add_(update, alpha=averager._averaging_alpha)
+            averager.last_updated = get_dht_time()
+            averager._state_updated.set()
+    else:
+        async for _ in runner:
+            raise ValueError("aux peers should not receive averaged tensors")
 
 
 def _aux_mode():

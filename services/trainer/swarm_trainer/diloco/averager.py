@@ -19,11 +19,10 @@ from typing import Callable, Sequence
 
 import torch
 from hivemind.averaging import DecentralizedAverager
-from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
-from hivemind.utils.asyncio import as_aiter, azip
-from hivemind.utils.timed_storage import get_dht_time
+from hivemind.averaging.allreduce import AllReduceRunner
 
 from swarm.logs import get_logger
+from swarm.trust.guard import apply_allreduce
 from swarm_trainer.diloco.consistent import runner_class
 
 logger = get_logger(__name__)
@@ -56,16 +55,7 @@ class PseudoGradientAverager(DecentralizedAverager):
         runner = self.allreduce_runner_class()(p2p=self._p2p, servicer_type=type(self), prefix=self.prefix,
                                                tensors=tensors, group_id=group_id,
                                                ordered_peer_ids=group_info.peer_ids, **kwargs)
-        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
-        self._running_groups[group_id].set_result(runner)
-        if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
-            async for tensor, update in azip(as_aiter(*tensors), runner):
-                tensor.add_(update, alpha=self._averaging_alpha)
-                self.last_updated = get_dht_time()
-                self._state_updated.set()
-        else:
-            async for _ in runner:
-                raise ValueError("aux peers should not receive averaged tensors")
+        await apply_allreduce(self, runner, tensors=tensors, group_info=group_info, group_id=group_id)
 
     def get_current_state(self):
         metadata, tensors = self._state_source()
