@@ -112,6 +112,9 @@ def test_in_a_pair_the_reducer_trusts_its_own_part():
     torch.testing.assert_close(poisoned, own)  # the x1e6 part, cut to norm 3, points the same way
     flipped, verdicts = robust_average([own * -10, own], [1.0, 1.0], trusted=1)
     assert verdicts == [CLIPPED, ACCEPTED]
+    # At worst a cancelled slice. Not left out when it points against ours: slices of two honest peers' small-batch
+    # diffusion gradients do point against each other (seen in the full-trainer test), and a pair in which each
+    # peer used only its own part would drift apart.
     torch.testing.assert_close(flipped, torch.zeros(3))
     honest = torch.tensor([1.0, 1.0, 1.0])  # shorter than ours: taken as it is
     average, verdicts = robust_average([own, honest], [1.0, 3.0], trusted=0)
