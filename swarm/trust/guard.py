@@ -207,9 +207,14 @@ class AveragerGuard:
                 logger.warning(f"{self.prefix}: cut the weight {peer} (token "
                                f"{self._trust_tokens.get(peer.to_base58(), '?')!r}) claimed to its remaining budget "
                                f"{budget:.0f} (samples the coordinator credited and leased it, less what was accepted)")
+            for peer in runner.unused_answers():
+                self._count(peer, CLIPPED)
+                logger.info(f"{self.prefix}: did not use the averaged slice {peer} sent back (token "
+                            f"{self._trust_tokens.get(peer.to_base58(), '?')!r}): it points against ours or is much "
+                            f"longer; used this peer's own part")
             for peer in runner.refused_answers():
-                # A garbage answer (non-finite, 10x too long, or against what we sent in a group of 3+) bans like a
-                # garbage part: otherwise the same peer would reduce a slice for us again next round.
+                # A garbage answer (non-finite or 10x too long) bans like a garbage part: otherwise the same peer
+                # would reduce a slice for us again next round.
                 self._count(peer, DROPPED)
                 self._ban(peer)
                 logger.warning(f"{self.prefix}: refused the averaged slice {peer} sent back (token "

@@ -26,6 +26,7 @@ from swarm.trust.robust import (
     DROPPED,
     RobustRules,
     RoundVerdicts,
+    is_finite_part,
     pair_result_ok,
     reducer_result_ok,
     robust_average,
@@ -148,28 +149,35 @@ class RobustTensorPartReducer(TensorPartReducer):
 
 
 class CheckedTensorPartContainer(TensorPartContainer):
-    """hivemind's container, refusing a groupmate's answer that fails `reducer_result_ok` (our own part is used
-    instead, as for a failed reducer). Installed on a live container by `RobustAllReduceRunner` (see there)."""
+    """hivemind's container, checking each groupmate's answer before it is used; a refused answer is replaced by our
+    own part, as for a failed reducer. Installed on a live container by `RobustAllReduceRunner` (see there).
+
+    Two kinds of refusal: `refused_reducers` sent garbage (non-finite, or over `result_norm_multiple` x what we sent):
+    no honest reducer can, and the guard bans it. `unused_reducers` answered something an honest reducer can too,
+    rarely (pointing against what we sent, or in a pair failing `pair_result_ok`: small-batch gradients are noisy):
+    not used, not banned."""
 
     rules: RobustRules
     refused_reducers: set
+    unused_reducers: set
     excluded_reducers: set
 
     def register_processed_part(self, peer_index: int, part_index: int, part: torch.Tensor):
         if self.return_deltas and part_index < len(self._input_parts_by_peer[peer_index]):
             sent = self._input_parts_by_peer[peer_index][part_index][0]
-            excluded = peer_index in self.excluded_reducers
-            # With two peers there is no majority and the mean may point away from either part: direction says
-            # nothing then, only finiteness and size do.
-            if excluded or not reducer_result_ok(sent, part, rules=self.rules, check_direction=self.group_size > 2):
-                if not excluded:
-                    self.refused_reducers.add(peer_index)
-                part = torch.zeros_like(sent)
-                self.failed_size += part.numel()
-            elif self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules):
-                # A pair's other reducer answered against what we sent, or much longer: it may be a poisoned
-                # average (its own part trusted by it), or, rarely, an honest one whose gradient opposes ours.
-                # Our own part is used for that slice, without a ban (an honest partner can fail this).
+            if peer_index in self.excluded_reducers:
+                refusal = "excluded"
+            elif not is_finite_part(sent):  # our own part is broken (an fp16 overflow): no answer can be judged
+                refusal = None
+            elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=False):
+                refusal = "garbage"
+            elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=True) or (
+                    self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules)):
+                refusal = "unused"
+            else:
+                refusal = None
+            if refusal is not None:
+                {"garbage": self.refused_reducers, "unused": self.unused_reducers}.get(refusal, set()).add(peer_index)
                 part = torch.zeros_like(sent)
                 self.failed_size += part.numel()
         super().register_processed_part(peer_index, part_index, part)
@@ -203,7 +211,7 @@ class RobustAllReduceRunner(AllReduceRunner):
         # point into it, so the checked behaviour is switched on in place (the subclass adds no state of its own).
         container = self.tensor_part_container
         container.__class__ = CheckedTensorPartContainer
-        container.rules, container.refused_reducers = rules, set()
+        container.rules, container.refused_reducers, container.unused_reducers = rules, set(), set()
         container.excluded_reducers = {i for i, peer in enumerate(self.ordered_peer_ids) if peer in excluded}
 
     def verdicts_by_peer(self) -> dict[PeerID, str]:
@@ -221,5 +229,11 @@ class RobustAllReduceRunner(AllReduceRunner):
         return out
 
     def refused_answers(self) -> list[PeerID]:
-        """Groupmates whose answer for the slice they reduced was refused (our own part was used instead)."""
+        """Groupmates whose answer for the slice they reduced was garbage (our own part was used instead)."""
         return [self.ordered_peer_ids[index] for index in sorted(self.tensor_part_container.refused_reducers)]
+
+    def unused_answers(self) -> list[PeerID]:
+        """Groupmates whose plausible but suspect answer was not used, without blame (CheckedTensorPartContainer)."""
+        container = self.tensor_part_container
+        unused = container.unused_reducers - container.refused_reducers
+        return [self.ordered_peer_ids[index] for index in sorted(unused)]

@@ -141,6 +141,7 @@ def eval_loss(checkpoint: str | Path, images: Path, *, seed: int, resolution: in
 _ROUND = re.compile(r"Beginning optimizer step #(\d+)")
 _VERDICT = re.compile(r"_grad_averager: (clipped|dropped) the contribution of (\w+)")
 _REFUSED_ANSWER = re.compile(r"_grad_averager: refused the averaged slice (\w+) sent back")
+_UNUSED_ANSWER = re.compile(r"_grad_averager: did not use the averaged slice (\w+) sent back")
 
 
 def verdicts_by_round(log_path: Path, peer_id: str) -> dict[int, set[str]]:
@@ -154,6 +155,8 @@ def verdicts_by_round(log_path: Path, peer_id: str) -> dict[int, set[str]]:
             found.setdefault(epoch, set()).add(m.group(1))
         elif (m := _REFUSED_ANSWER.search(line)) is not None and m.group(1) == peer_id:
             found.setdefault(epoch, set()).add("answer refused")
+        elif (m := _UNUSED_ANSWER.search(line)) is not None and m.group(1) == peer_id:
+            found.setdefault(epoch, set()).add("answer unused")
     return found
 
 
