@@ -153,13 +153,11 @@ class CheckedTensorPartContainer(TensorPartContainer):
     own part, as for a failed reducer. Installed on a live container by `RobustAllReduceRunner` (see there).
 
     Two kinds of refusal: `refused_reducers` sent garbage (non-finite, or over `result_norm_multiple` x what we sent):
-    no honest reducer can, and the guard bans it. `unused_reducers`, only in a pair, failed `pair_result_ok` (against
-    what we sent, or over 2x its norm: what a poisoned pair reducer that trusts its own part answers, and sometimes
-    an honest one): not used, not banned.
-
-    In groups of 3+ the direction of an answer is not judged: with small-batch diffusion gradients the robust average
-    often points against one honest member's part (full-trainer runs: several times per run, even a peer's own
-    reducer's answer), and each peer that used its own part instead would drift from the others."""
+    no honest reducer can, and the guard bans it. `unused_reducers` answered something an honest reducer can too,
+    now and then (pointing against what we sent, or in a pair failing `pair_result_ok`: small-batch gradients are
+    noisy): not used, not banned. Judging direction in groups of 3+ costs a little drift (that peer uses its own part
+    for the slice) and is needed: without it one run's honest loss was 3.9x the clean run's (a poisoned reducer's
+    flipped answer, inside the 10x bound, used by an honest peer)."""
 
     rules: RobustRules
     refused_reducers: set
@@ -175,7 +173,8 @@ class CheckedTensorPartContainer(TensorPartContainer):
                 refusal = None
             elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=False):
                 refusal = "garbage"
-            elif self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules):
+            elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=True) or (
+                    self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules)):
                 refusal = "unused"
             else:
                 refusal = None
