@@ -163,6 +163,7 @@ class CheckedTensorPartContainer(TensorPartContainer):
     refused_reducers: set
     unused_reducers: set
     excluded_reducers: set
+    own_weight: float
 
     def register_processed_part(self, peer_index: int, part_index: int, part: torch.Tensor):
         if self.return_deltas and part_index < len(self._input_parts_by_peer[peer_index]):
@@ -171,8 +172,13 @@ class CheckedTensorPartContainer(TensorPartContainer):
                 refusal = "excluded"
             elif not is_finite_part(sent):  # our own part is broken (an fp16 overflow): no answer can be judged
                 refusal = None
-            elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=False):
+            elif not is_finite_part(part):
                 refusal = "garbage"
+            elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=False):
+                # Our part is no yardstick when it carries no weight (this peer accumulated no samples this round,
+                # e.g. right after a state download: it is not a gradient of ours): judging by it banned an honest
+                # partner in a full-trainer run. The answer is still not used (it may be a x1e6 partner's part).
+                refusal = "garbage" if self.own_weight > 0 else "unused"
             elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=True) or (
                     self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules)):
                 refusal = "unused"
@@ -214,6 +220,7 @@ class RobustAllReduceRunner(AllReduceRunner):
         container = self.tensor_part_container
         container.__class__ = CheckedTensorPartContainer
         container.rules, container.refused_reducers, container.unused_reducers = rules, set(), set()
+        container.own_weight = float(self.weight)
         container.excluded_reducers = {i for i, peer in enumerate(self.ordered_peer_ids) if peer in excluded}
 
     def verdicts_by_peer(self) -> dict[PeerID, str]:

@@ -8,19 +8,20 @@ from swarm.trust.reducer import CheckedTensorPartContainer
 from swarm.trust.robust import RobustRules
 
 
-def _container(sent: torch.Tensor, *, group_size: int) -> CheckedTensorPartContainer:
+def _container(sent: torch.Tensor, *, group_size: int, own_weight: float = 1.0) -> CheckedTensorPartContainer:
     """A live hivemind container whose peer 1 reduces all of `sent` (as RobustAllReduceRunner installs it)."""
     fractions = [0.0] * group_size
     fractions[1] = 1.0
     container = TensorPartContainer([sent.clone()], fractions, return_deltas=True)
     container.__class__ = CheckedTensorPartContainer
     container.rules, container.refused_reducers, container.unused_reducers = RobustRules(), set(), set()
-    container.excluded_reducers = set()
+    container.excluded_reducers, container.own_weight = set(), own_weight
     return container
 
 
-def _judge(sent: torch.Tensor, answer: torch.Tensor, *, group_size: int) -> tuple[str, torch.Tensor]:
-    container = _container(sent, group_size=group_size)
+def _judge(sent: torch.Tensor, answer: torch.Tensor, *, group_size: int,
+           own_weight: float = 1.0) -> tuple[str, torch.Tensor]:
+    container = _container(sent, group_size=group_size, own_weight=own_weight)
     container.register_processed_part(1, 0, answer - sent)  # hivemind's reducers answer average - what we sent
     kind = "garbage" if container.refused_reducers else "unused" if container.unused_reducers else "used"
     return kind, container._output_parts_by_peer[1][0]
@@ -47,3 +48,14 @@ def test_when_our_own_part_is_not_finite_no_reducer_is_blamed():
     sent = torch.tensor([1.0, float("inf"), 2.0])
     kind, _ = _judge(sent, torch.tensor([1.0, 2.0, 2.0]), group_size=3)
     assert kind == "used"  # nothing to judge it against; an overflowed step of ours contributes nothing anyway
+
+
+def test_with_no_weight_of_our_own_our_part_is_no_yardstick():
+    """A peer that accumulated no samples this round (just after a state download) sends a part that is not its
+    gradient: an answer 20x as long is not used but its reducer is not blamed (it may be honest); NaN still is."""
+    sent = torch.tensor([0.01, 0.02, 0.0])
+    partner = torch.tensor([0.2, 0.4, -0.1])
+    assert _judge(sent, partner, group_size=2, own_weight=0.0)[0] == "unused"
+    assert _judge(sent, partner, group_size=3, own_weight=0.0)[0] == "unused"
+    assert _judge(sent, torch.full((3,), float("nan")), group_size=2, own_weight=0.0)[0] == "garbage"
+    assert _judge(sent, partner, group_size=2, own_weight=1.0)[0] == "garbage"  # 20x ours, with weight: refused
