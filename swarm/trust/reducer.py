@@ -26,6 +26,7 @@ from swarm.trust.robust import (
     DROPPED,
     RobustRules,
     RoundVerdicts,
+    group_result_ok,
     is_finite_part,
     pair_result_ok,
     reducer_result_ok,
@@ -154,10 +155,8 @@ class CheckedTensorPartContainer(TensorPartContainer):
 
     Two kinds of refusal: `refused_reducers` sent garbage (non-finite, or over `result_norm_multiple` x what we sent):
     no honest reducer can, and the guard bans it. `unused_reducers` answered something an honest reducer can too,
-    now and then (pointing against what we sent, or in a pair failing `pair_result_ok`: small-batch gradients are
-    noisy): not used, not banned. Judging direction in groups of 3+ costs a little drift (that peer uses its own part
-    for the slice) and is needed: without it one run's honest loss was 3.9x the clean run's (a poisoned reducer's
-    flipped answer, inside the 10x bound, used by an honest peer)."""
+    now and then (in a group of 3+ failing `group_result_ok`: against what we sent AND longer; in a pair failing
+    `pair_result_ok`): not used, not banned. See group_result_ok for why direction alone is not enough in a group."""
 
     rules: RobustRules
     refused_reducers: set
@@ -179,8 +178,8 @@ class CheckedTensorPartContainer(TensorPartContainer):
                 # e.g. right after a state download: it is not a gradient of ours): judging by it banned an honest
                 # partner in a full-trainer run. The answer is still not used (it may be a x1e6 partner's part).
                 refusal = "garbage" if self.own_weight > 0 else "unused"
-            elif not reducer_result_ok(sent, part, rules=self.rules, check_direction=True) or (
-                    self.group_size == 2 and not pair_result_ok(sent, part, rules=self.rules)):
+            elif not (pair_result_ok(sent, part, rules=self.rules) if self.group_size == 2
+                      else group_result_ok(sent, part)):
                 refusal = "unused"
             else:
                 refusal = None

@@ -238,6 +238,21 @@ def pair_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRule
                              check_direction=True)
 
 
+def group_result_ok(sent: torch.Tensor, delta: torch.Tensor) -> bool:
+    """In a group of 3+, whether an answer that passed `reducer_result_ok`'s norm bound may be used: not both
+    pointing against what we sent and longer than it.
+
+    Small-batch diffusion gradients are noisy enough that an honest robust average often points against one honest
+    member's part (full-trainer runs: every few rounds, a peer's own reducer's answer included); it is short then,
+    since averaging shrinks noise. Leaving such answers out made that peer step on its own gradient and drift (one
+    run: loss 1.4 after its first step). A poisoned reducer's flipped answer is long (a flipped x10 part); not
+    judging direction at all let one through and took that run's honest loss to 3.9x the clean run's. A flipped
+    answer no longer than ours still passes: the bias a bad reducer can add to its slice is bounded by our own part.
+    """
+    sent, result = sent.float(), sent.float() + delta.float()
+    return float((result * sent).sum()) >= 0.0 or float(result.norm()) <= float(sent.norm())
+
+
 def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustRules,
                       check_direction: bool = True) -> bool:
     """Whether a groupmate's answer for the slice it reduced can be used. hivemind returns `delta` = average - sent;

@@ -36,8 +36,10 @@ def test_garbage_answers_are_refused_and_plausible_suspect_ones_set_aside_withou
         for garbage in (sent * 1e6, torch.full((3,), float("nan")), torch.full((3,), float("inf"))):
             kind, delta = _judge(sent, garbage, group_size=group_size)
             assert kind == "garbage" and torch.equal(delta, torch.zeros(3))  # our own part is used: delta 0
-    # Pointing against ours: an honest average of noisy gradients can, rarely; not used, and no ban.
-    assert _judge(sent, -0.5 * sent, group_size=3)[0] == "unused"
+    # Pointing against ours: in a group of 3+ used when no longer than ours (an honest average of noisy gradients
+    # often does that), not used when longer (a poisoned reducer's flipped answer), never a ban; in a pair not used.
+    assert _judge(sent, -0.5 * sent, group_size=3)[0] == "used"
+    assert _judge(sent, -3.0 * sent, group_size=3)[0] == "unused"
     assert _judge(sent, -0.5 * sent, group_size=2)[0] == "unused"
     # In a pair, over 2x our norm is suspect (a poisoned reducer trusting its own part), inside 10x not garbage.
     assert _judge(sent, 3 * sent, group_size=2)[0] == "unused"
