@@ -46,6 +46,7 @@ CONFIG = {"max_data_epochs": 4, "chunk_size": 2, "lr": 1e-2, "lr_scheduler": "li
 # Revoke when the bad peer has sent its last attack, or at the latest when this share of the run is done (a loaded
 # machine may give it fewer rounds): the honest peers must have rounds left without it.
 REVOKE_AT_SHARE = 0.6
+REVOKE_AT_LAST = 0.8
 CREDENTIAL_LIFETIME = 30.0
 KNOWN_MISS_BOUND = 1.4  # above 1.1x but within this: a known miss (xfail), see the loss test
 HONEST = ("honest-0", "honest-1", "honest-2")
@@ -61,12 +62,14 @@ def _run_both(tmp_path_factory) -> dict:
         attacked = start_swarm(tmp_path_factory.mktemp("attacked"), config=CONFIG,
                                credential_lifetime=CREDENTIAL_LIFETIME)
         tokens = {}
-        for swarm in (baseline, attacked):
+        # The bad trainer starts first: started last, on a quiet machine it once came up after the honest peers had
+        # done most of the run, was out of sync until the revocation and never sent an attack.
+        bad = attacked.start_trainer("bad", create_token(attacked.db_path, name="bad"),
+                                     bad_attacks=",".join(ATTACKS))
+        for swarm in (attacked, baseline):
             tokens[swarm.workdir] = create_token(swarm.db_path, name="honest")
             for name in HONEST:
                 swarm.start_trainer(name, tokens[swarm.workdir])
-        bad = attacked.start_trainer("bad", create_token(attacked.db_path, name="bad"),
-                                     bad_attacks=",".join(ATTACKS))
         honest = [t for t in baseline.trainers + attacked.trainers if t is not bad]
         total = attacked.n_images * CONFIG["max_data_epochs"]
         revoked_at, leases_gone_after, bad_peer_id = None, None, None
@@ -79,7 +82,10 @@ def _run_both(tmp_path_factory) -> dict:
                 raise TimeoutError(f"the swarms did not finish in {RUN_TIMEOUT:.0f} s")
             sent = {r["attack"] for r in attack_rounds(attacked.attack_log("bad"))}
             progress = attacked.progress(tokens[attacked.workdir]) if revoked_at is None else None
-            late = progress is not None and progress.samples_done >= REVOKE_AT_SHARE * total
+            share = progress.samples_done / total if progress is not None else 0.0
+            # Revoked after its last attack; or late, once it sent the finite kinds (the ones the tests need); or at
+            # the latest at REVOKE_AT_LAST, so the honest peers keep rounds without it.
+            late = (share >= REVOKE_AT_SHARE and {"x1e6", "flip_x10"} <= sent) or share >= REVOKE_AT_LAST
             if revoked_at is None and (ATTACKS[-1] in sent or late):
                 bad_peer_id = bad.wait_ready(timeout=5)["peer_id"]
                 revoke_tokens(attacked.db_path, "bad")
@@ -124,11 +130,11 @@ def test_honest_peers_stay_finite_and_train_as_well_as_without_the_bad_peer(runs
             worse[name] = round(loss, 4)
         print(f"honest loss {name}: {loss:.4f} = {loss / baseline_loss:.3f}x the baseline {baseline_loss:.4f} "
               f"(untrained {untrained:.4f})")
-    # The 10% goal is not met reliably: with the LR decay, clean runs agree within 3% (0.213-0.226 in five runs) but
-    # attacked runs gave 1.16x, 1.02x, 1.32x and 1.03x (the bad peer takes a quarter of the chunks until revoked and
-    # its gradients for them are dropped; an attacked run sometimes ends a global epoch earlier). A result over 1.1x
-    # but within 1.4x is reported as a known miss (xfail); real damage fails (1.45x to 4.7x before the pair rules,
-    # 3.9x without the direction check in groups of 3).
+    # With the LR decay clean runs agree within ~6% (0.213-0.241 in ten runs). Attacked runs with the current rules
+    # (group_result_ok): 1.025x, 1.045x, 1.082x, 0.982x, 1.024x; before it, when honest peers set aside each other's
+    # short opposing answers and drifted, 1.02x to 1.32x. A result over 1.1x but within 1.4x is reported as a known miss
+    # (xfail: the bad peer also takes a quarter of the chunks until revoked, and its gradients for them are dropped);
+    # real damage fails (1.45x to 4.7x before the pair rules, 3.9x without any direction check in groups of 3).
     if worse and max(worse.values()) <= KNOWN_MISS_BOUND * baseline_loss:
         pytest.xfail(f"honest loss {worse} is over 10% above the baseline {baseline_loss:.4f}, a known miss "
                      f"(under {KNOWN_MISS_BOUND}x); poisoned pair rounds: {_poisoned_pair_rounds(attacked)}")
