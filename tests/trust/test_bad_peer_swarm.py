@@ -131,12 +131,12 @@ def test_honest_peers_stay_finite_and_train_as_well_as_without_the_bad_peer(runs
         print(f"honest loss {name}: {loss:.4f} = {loss / baseline_loss:.3f}x the baseline {baseline_loss:.4f} "
               f"(untrained {untrained:.4f})")
     # With the LR decay clean runs agree within ~6% (0.213-0.241 in ten runs). Attacked runs with the current rules
-    # (group_result_ok): 1.025x, 1.045x, 1.082x, 0.982x, 1.024x, 1.275x, 1.013x (the 1.275x: the final sync's anchor,
-    # the peer with most credited samples, was the worst-trained one); before it, when honest peers set aside each
-    # other's short opposing answers and drifted, 1.02x to 1.32x. A result over 1.1x but within 1.4x is reported as
-    # a known miss (xfail: the bad peer also takes a quarter of the chunks until revoked, and its gradients for them
-    # are dropped);
-    # real damage fails (1.45x to 4.7x before the pair rules, 3.9x without any direction check in groups of 3).
+    # (group_result_ok): 1.025x, 1.045x, 1.082x, 0.982x, 1.024x, 1.275x, 1.013x; the 1.275x likely came from the
+    # final sync, whose anchor (most credited samples) was a less well trained peer. Before group_result_ok, when
+    # honest peers set aside each other's short opposing answers and drifted: 1.02x to 1.32x. A result over 1.1x but
+    # within 1.4x is a known miss (xfail; the bad peer also takes a quarter of the chunks until revoked and its
+    # gradients for them are dropped); real damage fails (1.45x to 4.7x before the pair rules, 3.9x without any
+    # direction check in groups of 3).
     if worse and max(worse.values()) <= KNOWN_MISS_BOUND * baseline_loss:
         pytest.xfail(f"honest loss {worse} is over 10% above the baseline {baseline_loss:.4f}, a known miss "
                      f"(under {KNOWN_MISS_BOUND}x); poisoned pair rounds: {_poisoned_pair_rounds(attacked)}")
