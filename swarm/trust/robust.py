@@ -260,11 +260,8 @@ def reducer_result_ok(sent: torch.Tensor, delta: torch.Tensor, *, rules: RobustR
     not point against it.
 
     A robust average of honest parts is never much longer than one of them (averaging shortens noise), so the norm
-    bound only refuses garbage: NaN, Inf, x1e6. Direction is weaker evidence: the robust average of noisy small-batch
-    gradients can point against one honest member's part (several times per full-trainer run), so an answer failing
-    only that is not used but its reducer is not blamed (reducer.CheckedTensorPartContainer). It is still needed: a
-    poisoned reducer's flipped answer inside the norm bound, used by one honest peer of a group of 3, took that run's
-    honest loss to 3.9x the clean run's. When what we sent is exactly zero there is no scale to compare with and only
+    bound only refuses garbage: NaN, Inf, x1e6. Direction is weaker evidence, judged by pair_result_ok and
+    group_result_ok (see there). When what we sent is exactly zero there is no scale to compare with and only
     finiteness is checked. None of this catches a reducer that answers with a plausible wrong value (see the README's
     threat model). A refused answer is replaced by our own part, as hivemind does for a reducer that fails.
     """
