@@ -1,0 +1,72 @@
+"""hivemind's DHT process, with its request pipe made safe for the messages a loaded swarm peer sends it.
+
+hivemind runs the DHT in a forked process and sends it every request (get, store, run_coroutine) through one
+`multiprocessing` pipe. Two things go wrong there, both seen on a loaded 2-core CI machine, where a trainer's DHT
+went silent at the end barrier and the peer hung until killed:
+
+- The DHT process waits on the pipe with uvloop's `add_reader`, and libuv switches the fd to non-blocking mode. A
+  request longer than what the writer has put in the pipe so far then fails mid-message with
+  `BlockingIOError: [Errno 11]`. hivemind logs it and reads on, but the rest of that message is now read as the next
+  message's header: every later request is lost, and every caller waits for an answer that never comes (hivemind
+  PR #660 and rl-swarm PR #216 report the same error). `run()` here reads each request in blocking mode: it reads
+  only after the loop saw data, so at most it waits for the writer to finish the message it is writing.
+- `Connection.send` writes a long message in more than one `write()`, and hivemind does not lock the pipe: two
+  threads of one process (the training loop, the admission renewal, hivemind's progress tracker) can interleave their
+  requests. `_LockedSender` sends one message at a time per process. (The averager processes forked from the trainer
+  share the pipe too; their requests are small records, which the kernel writes whole.)
+
+`SwarmDHT` is a drop-in `hivemind.DHT`; the trainer and the bootstrap DHT use it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import hivemind
+
+
+class _BlockingReads:
+    """The DHT process's end of the request pipe: each `recv()` reads the whole message in blocking mode."""
+
+    def __init__(self, connection: Any):
+        self._connection = connection
+
+    def recv(self) -> Any:
+        # libuv's poll handle only waits for readiness, so a blocking fd does not disturb the event loop.
+        os.set_blocking(self._connection.fileno(), True)
+        return self._connection.recv()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, poll, close: as the connection's
+        return getattr(self._connection, name)
+
+
+class _LockedSender:
+    """The callers' end of the request pipe: one `send()` at a time in this process."""
+
+    def __init__(self, connection: Any):
+        self._connection = connection
+        self._lock, self._pid = threading.Lock(), os.getpid()
+
+    def send(self, message: Any) -> None:
+        if os.getpid() != self._pid:  # a forked child: the parent's lock may have been held by a thread at the fork
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        with self._lock:
+            self._connection.send(message)
+
+    def __getattr__(self, name: str) -> Any:  # close, fileno: as the connection's
+        return getattr(self._connection, name)
+
+
+class SwarmDHT(hivemind.DHT):
+    """`hivemind.DHT` whose request pipe keeps working under concurrent and long requests (see the module doc)."""
+
+    def __init__(self, *args: Any, start: bool = False, await_ready: bool = True, **kwargs: Any):
+        super().__init__(*args, start=False, **kwargs)
+        self._outer_pipe = _LockedSender(self._outer_pipe)
+        if start:
+            self.run_in_background(await_ready=await_ready)
+
+    def run(self) -> None:  # runs in the forked DHT process
+        self._inner_pipe = _BlockingReads(self._inner_pipe)
+        super().run()
