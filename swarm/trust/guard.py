@@ -38,7 +38,6 @@ import time
 from collections import defaultdict
 from typing import AsyncIterator, Optional
 
-import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.control import AveragingStage  # noqa: F401 - re-exported for subclasses' convenience
 from hivemind.averaging.group_info import GroupInfo
@@ -56,11 +55,12 @@ from swarm.logs import get_logger
 from swarm.trust.admission import AdmissionCache, TrustSettings
 from swarm.trust.budget import BudgetFile, WeightBudgets, WeightLedger
 from swarm.trust.reducer import RobustAllReduceRunner
-from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER
+from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER, downloaded_state_problem
 
 logger = get_logger(__name__)
 REFUSED = "refused"
 COUNTERS = (ACCEPTED, CLIPPED, DROPPED, REFUSED)
+DHT_READ_TIMEOUT = 10.0  # seconds for the DHT to list the peers that share their state
 
 
 class AveragerGuard:
@@ -237,7 +237,13 @@ class AveragerGuard:
             timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
         try:
             key_manager = self._matchmaking.group_key_manager
-            found, _ = self.dht.get(f"{key_manager.prefix}.all_averagers", latest=True) or ({}, None)
+            try:
+                found, _ = await asyncio.wait_for(
+                    self.dht.get(f"{key_manager.prefix}.all_averagers", latest=True, return_future=True),
+                    timeout=DHT_READ_TIMEOUT) or ({}, None)
+            except asyncio.TimeoutError:
+                logger.warning("no state downloaded: the DHT did not list the peers that share theirs in time")
+                return
             priority = {PeerID(peer): (float(info.value), random.random()) for peer, info in found.items()
                         if isinstance(info, ValueWithExpiration) and isinstance(info.value, (float, int))}
             for peer in sorted(priority, key=priority.get, reverse=True):
@@ -281,25 +287,10 @@ class AveragerGuard:
         return metadata, tensors
 
     def _check_state(self, tensors) -> str | None:
-        """Why a downloaded state must not be used, or None. Compares the leading tensors that match the local
-        averaged tensors in shape (parameters come first in hivemind's states)."""
-        for i, tensor in enumerate(tensors):
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                return f"tensor {i} is not finite"
-        distance_sq, norm_sq = 0.0, 0.0
         # An averager whose state is not its averaged tensors (DiLoCo's: it averages pseudo-gradients and serves the
         # outer parameters) names what a state compares with in state_reference().
         reference = self.state_reference() if hasattr(self, "state_reference") else self._averaged_tensors
-        for remote, local in zip(tensors, reference):
-            if remote.shape != local.shape or not remote.is_floating_point():
-                break
-            local = local.detach().float().cpu()
-            distance_sq += float((remote.float() - local).pow(2).sum())
-            norm_sq += float(local.pow(2).sum())
-        if norm_sq > 0 and distance_sq ** 0.5 > self._trust.max_state_distance * norm_sq ** 0.5:
-            return (f"its parameters are {distance_sq ** 0.5 / norm_sq ** 0.5:.3g} x the local norm away "
-                    f"(limit {self._trust.max_state_distance})")
-        return None
+        return downloaded_state_problem(tensors, reference, max_distance=self._trust.max_state_distance)
 
 
 class GuardedMatchmaking(Matchmaking):

@@ -319,3 +319,25 @@ def _medoid(distances: torch.Tensor) -> tuple[int, float]:
     medians = others[:, (n - 2) // 2]
     medoid = int(medians.argmin())
     return medoid, float(medians[medoid])
+
+
+def downloaded_state_problem(tensors: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], *,
+                             max_distance: float) -> str | None:
+    """Why a state downloaded from a peer must not be used, or None. Any non-finite floating tensor refuses it; then
+    the leading tensors that match `reference` (the local tensors) in shape and dtype kind (parameters come first in
+    hivemind's states) must lie within `max_distance` x the local norm of the local copy: a peer may be ahead, but a
+    state that far away was not trained from this run's parameters."""
+    for i, tensor in enumerate(tensors):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"tensor {i} is not finite"
+    distance_sq, norm_sq = 0.0, 0.0
+    for remote, local in zip(tensors, reference):
+        if remote.shape != local.shape or not remote.is_floating_point():
+            break
+        local = local.detach().float().cpu()
+        distance_sq += float((remote.float() - local).pow(2).sum())
+        norm_sq += float(local.pow(2).sum())
+    ratio = distance_sq ** 0.5 / norm_sq ** 0.5 if norm_sq > 0 else 0.0
+    if ratio > max_distance:
+        return f"its parameters are {ratio:.3g} x the local norm away (limit {max_distance})"
+    return None

@@ -15,6 +15,7 @@ from swarm.trust.robust import (
     RoundVerdicts,
     capped_weights,
     centered_clip,
+    downloaded_state_problem,
     reducer_result_ok,
     robust_average,
 )
@@ -137,3 +138,20 @@ def test_in_a_pair_an_answer_against_ours_or_much_longer_is_not_used():
     poisoned = (sent + sent * -10) / 2  # the bad reducer trusted its own flipped x10 part: -4.5x ours
     assert not pair_result_ok(sent, poisoned - sent, rules=RobustRules())
     assert not pair_result_ok(sent, sent * 3 - sent, rules=RobustRules())  # 3x ours, same direction
+
+
+def test_a_downloaded_state_must_be_finite_and_near_the_local_parameters():
+    local = [torch.ones(4, 4), torch.ones(3)]
+    nearby = [t + 0.1 for t in local] + [torch.tensor(7)]  # a trailing integer (the step) is not compared
+    assert downloaded_state_problem(nearby, local, max_distance=2.0) is None
+    assert "tensor 1 is not finite" in downloaded_state_problem([local[0], torch.tensor([1.0, math.nan, 0.0])],
+                                                                local, max_distance=2.0)
+    far = [t * 5 for t in local]  # 4x the local norm away
+    assert "4 x the local norm away (limit 2.0)" in downloaded_state_problem(far, local, max_distance=2.0)
+    assert downloaded_state_problem(far, local, max_distance=5.0) is None
+    # Comparison stops at the first tensor whose shape differs (a state laid out otherwise is compared no further).
+    assert downloaded_state_problem([local[0] + 0.1, torch.zeros(9) + 100], local, max_distance=2.0) is None
+    # All-zero local parameters: no norm to compare with, only finiteness counts.
+    assert downloaded_state_problem([t + 100 for t in local], [torch.zeros(4, 4), torch.zeros(3)],
+                                    max_distance=2.0) is None
+

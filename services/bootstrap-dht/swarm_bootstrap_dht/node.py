@@ -76,8 +76,9 @@ class BootstrapNode:
     def _refresh_loop(self) -> None:
         while not self._stopped.is_set():
             try:
-                ROUTING_TABLE_PEERS.set(self.dht.run_coroutine(_refresh, return_future=False))
-                STORAGE_KEYS.set(self.dht.run_coroutine(_storage_size, return_future=False))
+                timeout = max(self._refresh_period, 10.0)
+                ROUTING_TABLE_PEERS.set(self.dht.run_coroutine(_refresh, return_future=True).result(timeout=timeout))
+                STORAGE_KEYS.set(self.dht.run_coroutine(_storage_size, return_future=True).result(timeout=timeout))
             except Exception as e:  # noqa: BLE001 (a refresh failing must never take the node down)
                 logger.warning(f"routing table refresh failed: {e!r}")
             self._stopped.wait(self._refresh_period)
@@ -94,17 +95,17 @@ class BootstrapNode:
 
 def start(settings: BootstrapSettings) -> BootstrapNode:
     """Start the DHT node (creating its key file on first start) and its HTTP routes; returns it running."""
-    import hivemind
+    from swarm.dht_process import SwarmDHT
 
     identity = Path(settings.identity_path)
     identity.parent.mkdir(parents=True, exist_ok=True)
     START_TIME.set(time.time())
     try:
-        dht = hivemind.DHT(start=True, initial_peers=list(settings.initial_peers),
-                           host_maddrs=list(settings.host_maddrs),
-                           announce_maddrs=list(settings.announce_maddrs) or None, identity_path=str(identity),
-                           use_relay=settings.use_relay, client_mode=False,
-                           **_trust_kwargs(settings.coordinator_key_file, identity))
+        dht = SwarmDHT(start=True, initial_peers=list(settings.initial_peers),
+                      host_maddrs=list(settings.host_maddrs),
+                      announce_maddrs=list(settings.announce_maddrs) or None, identity_path=str(identity),
+                      use_relay=settings.use_relay, client_mode=False,
+                      **_trust_kwargs(settings.coordinator_key_file, identity))
     except Exception as e:  # noqa: BLE001 (turned into a message that says what to check)
         raise NodeStartError(start_error_message(str(e), initial_peers=settings.initial_peers,
                                                  identity=identity)) from e

@@ -36,6 +36,7 @@ PROJECTIONS = 2
 FINGERPRINT_RTOL = 1e-5
 FINGERPRINT_ATOL = 1e-6
 _PROJECTION_SEED = 20221
+DHT_TIMEOUT = 10.0  # seconds for one DHT read or write of the final sync's records
 
 
 def parameter_fingerprint(params: Iterable[torch.Tensor]) -> list[float]:
@@ -137,10 +138,16 @@ def _sync_key(run_id: str) -> str:
     return f"{run_id}_final_sync"
 
 
-def _read_records(dht, run_id: str) -> dict[str, dict]:
+def _read_records(dht, run_id: str, *, timeout: float = DHT_TIMEOUT) -> dict[str, dict]:
+    """The final-sync records under this run's key; empty when the DHT did not answer in time (the callers poll
+    until their deadline, so a silent DHT ends the sync at its timeout instead of hanging the peer)."""
     from hivemind.utils import ValueWithExpiration
 
-    found = dht.get(_sync_key(run_id), latest=True)
+    try:
+        found = dht.get(_sync_key(run_id), latest=True, return_future=True).result(timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - a timeout or a DHT error: the caller polls again
+        logger.debug(f"reading the final-sync records failed: {e!r}")
+        return {}
     if found is None or not isinstance(found.value, dict):
         return {}
     records = {}
@@ -153,7 +160,12 @@ def _read_records(dht, run_id: str) -> dict[str, dict]:
 def _publish(dht, run_id: str, peer_id: str, record: dict, *, ttl: float) -> None:
     from hivemind.utils import get_dht_time
 
-    dht.store(_sync_key(run_id), subkey=peer_id, value=record, expiration_time=get_dht_time() + ttl)
+    future = dht.store(_sync_key(run_id), subkey=peer_id, value=record, expiration_time=get_dht_time() + ttl,
+                       return_future=True)
+    try:
+        future.result(timeout=DHT_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - the others then see no record from this peer and sync without it
+        logger.warning(f"final sync: could not publish this peer's record: {e!r}")
 
 
 def _poll(predicate: Callable[[], bool], *, deadline: float, interval: float = 0.5) -> bool:

@@ -83,8 +83,7 @@ def make_compression(name: str):
 def make_dht(*, initial_peers: Sequence[str], options: SwarmOptions, authorizer=None):
     """The peer's DHT; `authorizer` (swarm.trust.dht_auth.CredentialAuthorizer) makes every DHT request carry this
     peer's credential and refuses peers without one."""
-    import hivemind
-
+    from swarm.dht_process import SwarmDHT
     from swarm_trainer import traffic
 
     traffic.install()  # before the DHT and the averagers fork: they inherit the byte counters
@@ -96,7 +95,7 @@ def make_dht(*, initial_peers: Sequence[str], options: SwarmOptions, authorizer=
         kwargs["announce_maddrs"] = list(options.announce_maddrs)
     if options.identity_path:
         kwargs["identity_path"] = options.identity_path
-    return hivemind.DHT(initial_peers=dialable_initial_peers(initial_peers), start=True, **kwargs)
+    return SwarmDHT(initial_peers=dialable_initial_peers(initial_peers), start=True, **kwargs)
 
 
 def dialable_initial_peers(initial_peers: Sequence[str]) -> list[str]:

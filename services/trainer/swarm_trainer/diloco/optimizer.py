@@ -48,6 +48,7 @@ from swarm_trainer.state_download import download_timeout
 logger = get_logger(__name__)
 
 POLL_S = 0.2  # how often a peer waiting for the rest of its round re-reads the swarm's progress
+PROGRESS_READ_TIMEOUT = 10.0  # seconds for one DHT read of the swarm's progress
 AVERAGED, ALONE, FAILED, RELOADED = "averaged", "alone", "failed", "reloaded"  # outcomes of a round's all-reduce
 
 
@@ -260,7 +261,8 @@ class DiLoCoOptimizer:
         from hivemind.utils import ValueWithExpiration
 
         try:
-            found = self.dht.get(self.tracker.training_progress_key, latest=True)
+            found = self.dht.get(self.tracker.training_progress_key, latest=True,
+                                 return_future=True).result(timeout=PROGRESS_READ_TIMEOUT)
         except Exception as e:  # noqa: BLE001 - a failed read is retried by the caller
             logger.debug(f"reading the swarm's progress failed: {e!r}")
             return []
