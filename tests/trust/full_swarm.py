@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -144,20 +145,48 @@ _REFUSED_ANSWER = re.compile(r"_grad_averager: refused the averaged slice (\w+) 
 _UNUSED_ANSWER = re.compile(r"_grad_averager: did not use the averaged slice (\w+) sent back")
 
 
-def verdicts_by_round(log_path: Path, peer_id: str) -> dict[int, set[str]]:
-    """{epoch: verdicts} this honest trainer's gradient averager logged for `peer_id`'s contributions, by the round
-    (hivemind's "Beginning optimizer step #E" line, which --verbose-hivemind logs) they came in."""
-    epoch, found = -1, {}
+def verdict_events(log_path: Path, peer_id: str) -> list[tuple[int, str]]:
+    """(epoch, verdict) for each verdict this honest trainer's gradient averager logged on `peer_id`, in log order;
+    the epoch is that of hivemind's last "Beginning optimizer step #E" line before it (--verbose-hivemind logs it).
+    Verdicts: clipped, dropped (its part), answer refused, answer unused (its reducer's answer)."""
+    epoch, found = -1, []
     for line in log_path.read_text(errors="replace").splitlines():
         if (m := _ROUND.search(line)) is not None:
             epoch = int(m.group(1))
         elif (m := _VERDICT.search(line)) is not None and m.group(2) == peer_id:
-            found.setdefault(epoch, set()).add(m.group(1))
+            found.append((epoch, m.group(1)))
         elif (m := _REFUSED_ANSWER.search(line)) is not None and m.group(1) == peer_id:
-            found.setdefault(epoch, set()).add("answer refused")
+            found.append((epoch, "answer refused"))
         elif (m := _UNUSED_ANSWER.search(line)) is not None and m.group(1) == peer_id:
-            found.setdefault(epoch, set()).add("answer unused")
+            found.append((epoch, "answer unused"))
     return found
+
+
+# A round's verdicts come under an epoch line near the epoch the bad peer recorded for it: one before (a groupmate one
+# epoch behind averages with it: hivemind's group keys carry no epoch) to two after (an all-reduce that outlived the
+# groupmate's averaging timeout logs its verdicts after the groupmate went on to its next steps).
+EPOCHS_BEFORE, EPOCHS_AFTER = 1, 2
+JUDGING = ("clipped", "dropped")
+
+
+def match_verdicts(rounds: list[dict], events: dict[str, list[tuple[int, str]]],
+                   names_in_group: Callable[[dict], list[str]]) -> list[dict[str, str]]:
+    """For each of the bad peer's rounds, {honest name: verdict} of the part verdicts (clipped/dropped) that judged
+    it. Rounds take verdicts in the order given, each the earliest unmatched verdict in its epoch window
+    (EPOCHS_BEFORE/AFTER) from each name in its group (`names_in_group`); a verdict is matched to at most one round,
+    so two neighbouring attack rounds cannot both count it, however wide the window."""
+    remaining = {name: [e for e in found if e[1] in JUDGING] for name, found in events.items()}
+    matched = []
+    for r in rounds:
+        verdicts = {}
+        for name in names_in_group(r):
+            for i, (epoch, verdict) in enumerate(remaining.get(name, [])):
+                if r["epoch"] - EPOCHS_BEFORE <= epoch <= r["epoch"] + EPOCHS_AFTER:
+                    verdicts[name] = verdict
+                    del remaining[name][i]
+                    break
+        matched.append(verdicts)
+    return matched
 
 
 def attack_rounds(path: Path) -> list[dict]:
