@@ -18,9 +18,9 @@ TIMEOUTS = Timeouts(matchmaking=1.0, averaging=15.0, load_state=15.0)
 
 
 def make_dht(initial_peers=()):
-    import hivemind
+    from swarm.dht_process import SwarmDHT
 
-    return hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=list(initial_peers))
+    return SwarmDHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=list(initial_peers))
 
 
 class Peer:

@@ -11,6 +11,7 @@ import hivemind
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from swarm.dht_process import SwarmDHT
 from swarm.trust.admission import TrustSettings, publish_credential
 from swarm.trust.credentials import issue_credential, public_key_bytes
 from swarm.trust.dht_auth import CredentialAuthorizer, CredentialFile, load_or_create_identity
@@ -43,8 +44,8 @@ class Coordinator:
             lifetime_s=lifetime_s, max_weight=max_weight))
         authorizer = CredentialAuthorizer(coordinator_public_key=self.settings.coordinator_public_key,
                                           credential_source=CredentialFile(credential_path), local_private_key=rsa_key)
-        dht = hivemind.DHT(initial_peers=initial_peers, host_maddrs=LOOPBACK, identity_path=str(identity),
-                           check_if_identity_free=False, authorizer=authorizer, start=True)
+        dht = SwarmDHT(initial_peers=initial_peers, host_maddrs=LOOPBACK, identity_path=str(identity),
+                       check_if_identity_free=False, authorizer=authorizer, start=True)
         assert publish_credential(dht, self.settings, credential_path.read_text())
         return Peer(name, dht, credential_path)
 
