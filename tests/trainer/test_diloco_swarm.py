@@ -155,3 +155,17 @@ def test_fp16_on_the_wire_leaves_both_peers_with_the_same_outer_parameters():
             peer.optimizer.shutdown()
         for dht in dhts:
             dht.shutdown()
+
+
+def test_calls_its_groupmates_under_its_own_class_name_after_a_plain_averager_collected_its_handlers():
+    """hivemind caches RPC handlers per class but finds the cache through inheritance. A plain DecentralizedAverager
+    used first in the same process (test_swarm_guard's outsider) once made the DiLoCo averager call groupmates under
+    "DecentralizedAverager.rpc_*": both tests above then failed with "could not find a group"."""
+    from hivemind.averaging import DecentralizedAverager
+
+    from swarm_trainer.diloco.averager import PseudoGradientAverager
+
+    DecentralizedAverager._collect_rpc_handlers()
+    PseudoGradientAverager._collect_rpc_handlers()
+    assert PseudoGradientAverager._stub_type is not DecentralizedAverager._stub_type
+    assert PseudoGradientAverager._stub_type.__name__ == "PseudoGradientAveragerStub"

@@ -31,6 +31,12 @@ logger = get_logger(__name__)
 class PseudoGradientAverager(DecentralizedAverager):
     """DecentralizedAverager over `averaged_tensors`, serving `state_source()` as its state."""
 
+    # hivemind caches a class's RPC handlers and stub type on first use and finds the cache through inheritance:
+    # once a plain DecentralizedAverager had collected its own in this process, this class would call groupmates'
+    # "DecentralizedAverager.rpc_*" while serving "PseudoGradientAverager.rpc_*", and never find a group.
+    _rpc_handlers = None
+    _stub_type = None
+
     def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *,
                  state_source: Callable[[], tuple[dict, list[torch.Tensor]]],
                  reference_tensors: Sequence[torch.Tensor] = (), **kwargs):
