@@ -10,20 +10,23 @@ went silent at the end barrier and the peer hung until killed:
   message's header: every later request is lost, and every caller waits for an answer that never comes (hivemind
   PR #660 and rl-swarm PR #216 report the same error). `run()` here reads each request in blocking mode: it reads
   only after the loop saw data, so at most it waits for the writer to finish the message it is writing.
-- `Connection.send` writes a long message in more than one `write()`, and hivemind does not lock the pipe: two
-  threads of one process (the training loop, the admission renewal, hivemind's progress tracker) can interleave their
-  requests. `_LockedSender` sends one message at a time per process. (The averager processes forked from the trainer
-  share the pipe too; their requests are small records, which the kernel writes whole.)
+- `Connection.send` writes a long message in more than one `write()`, and hivemind does not lock the pipe: the
+  threads of the trainer (training loop, admission renewal, hivemind's progress tracker) and the averager processes
+  forked from it (matchmaking) can interleave their requests. `_LockedSender` sends one message at a time, with a
+  lock the forked processes share (as hivemind's MPFuture does for its own pipe). A sender that cannot get the lock
+  in SEND_LOCK_TIMEOUT (a process killed while holding it) fails that request with TimeoutError instead of hanging.
 
 `SwarmDHT` is a drop-in `hivemind.DHT`; the trainer and the bootstrap DHT use it.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
-import threading
 from typing import Any
 
 import hivemind
+
+SEND_LOCK_TIMEOUT = 30.0
 
 
 class _BlockingReads:
@@ -42,17 +45,19 @@ class _BlockingReads:
 
 
 class _LockedSender:
-    """The callers' end of the request pipe: one `send()` at a time in this process."""
+    """The callers' end of the request pipe: one `send()` at a time across this process and its forks."""
 
     def __init__(self, connection: Any):
         self._connection = connection
-        self._lock, self._pid = threading.Lock(), os.getpid()
+        self._lock = multiprocessing.Lock()
 
     def send(self, message: Any) -> None:
-        if os.getpid() != self._pid:  # a forked child: the parent's lock may have been held by a thread at the fork
-            self._lock, self._pid = threading.Lock(), os.getpid()
-        with self._lock:
+        if not self._lock.acquire(timeout=SEND_LOCK_TIMEOUT):
+            raise TimeoutError(f"the DHT request pipe stayed locked for {SEND_LOCK_TIMEOUT:.0f} s")
+        try:
             self._connection.send(message)
+        finally:
+            self._lock.release()
 
     def __getattr__(self, name: str) -> Any:  # close, fileno: as the connection's
         return getattr(self._connection, name)

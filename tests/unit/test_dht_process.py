@@ -5,6 +5,7 @@ DHT process, or `UnpicklingError` once two requests interleave), and every later
 of the bad-peer test hit at the end barrier."""
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -49,6 +50,38 @@ def test_concurrent_long_requests_all_get_answers():
         for thread in range(1, THREADS + 1):
             found = dht.get(f"key-{thread}", latest=True, return_future=True).result(timeout=10)
             assert found is not None and found.value == bytes([thread]) * _value_size(thread, REQUESTS - 1)
+    finally:
+        dht.shutdown()
+
+
+def test_a_forked_process_and_the_parent_send_long_requests_at_once():
+    """hivemind's averagers run in processes forked from the trainer and send DHT requests through the same pipe."""
+    import multiprocessing
+
+    from hivemind.utils import get_dht_time
+
+    dht = SwarmDHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+
+    def store_many(thread: int) -> bool:
+        for request in range(REQUESTS):
+            value = bytes([thread]) * _value_size(thread, request)
+            if not dht.store(f"key-{thread}", value=value, expiration_time=get_dht_time() + 60,
+                             return_future=True).result(timeout=10):
+                return False
+        return True
+
+    def child() -> None:
+        os._exit(0 if store_many(7) else 1)
+
+    try:
+        forked = multiprocessing.get_context("fork").Process(target=child)
+        forked.start()
+        results = []
+        parent = threading.Thread(target=lambda: results.append(store_many(3)))
+        parent.start()
+        parent.join(timeout=100)
+        forked.join(timeout=100)
+        assert results == [True] and forked.exitcode == 0, (results, forked.exitcode)
     finally:
         dht.shutdown()
 
