@@ -102,10 +102,10 @@ def start(settings: BootstrapSettings) -> BootstrapNode:
     START_TIME.set(time.time())
     try:
         dht = SwarmDHT(start=True, initial_peers=list(settings.initial_peers),
-                      host_maddrs=list(settings.host_maddrs),
-                      announce_maddrs=list(settings.announce_maddrs) or None, identity_path=str(identity),
-                      use_relay=settings.use_relay, client_mode=False,
-                      **_trust_kwargs(settings.coordinator_key_file, identity))
+                       host_maddrs=list(settings.host_maddrs),
+                       announce_maddrs=list(settings.announce_maddrs) or None, identity_path=str(identity),
+                       use_relay=settings.use_relay, client_mode=False,
+                       **_trust_kwargs(settings.coordinator_key_file, identity))
     except Exception as e:  # noqa: BLE001 (turned into a message that says what to check)
         raise NodeStartError(start_error_message(str(e), initial_peers=settings.initial_peers,
                                                  identity=identity)) from e
