@@ -16,7 +16,8 @@ went silent at the end barrier and the peer hung until killed:
   lock the forked processes share (as hivemind's MPFuture does for its own pipe). A sender that cannot get the lock
   in SEND_LOCK_TIMEOUT (a process killed while holding it) fails that request with TimeoutError instead of hanging.
 
-`SwarmDHT` is a drop-in `hivemind.DHT`; the trainer and the bootstrap DHT use it.
+`SwarmDHT` is a drop-in `hivemind.DHT`; the trainer and the bootstrap DHT use it. `read_records` is the one
+timed read of a key's per-peer records (progress, final sync) our code does.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from typing import Any
 
 import hivemind
 
+from swarm.logs import get_logger
+
+logger = get_logger(__name__)
 SEND_LOCK_TIMEOUT = 30.0
 
 
@@ -75,3 +79,20 @@ class SwarmDHT(hivemind.DHT):
     def run(self) -> None:  # runs in the forked DHT process
         self._inner_pipe = _BlockingReads(self._inner_pipe)
         super().run()
+
+
+def read_records(dht: hivemind.DHT, key: str, *, timeout: float) -> dict[str, dict] | None:
+    """{subkey: record} of the dict records stored under `key`'s subkeys (the latest values); None when the DHT did
+    not answer in `timeout` seconds or failed (callers poll again)."""
+    from hivemind.utils import ValueWithExpiration
+
+    try:
+        found = dht.get(key, latest=True, return_future=True).result(timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - a timeout or a DHT error: the caller asks again
+        logger.debug(f"reading {key} failed: {e!r}")
+        return None
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    return {str(subkey): item.value for subkey, item in found.value.items()
+            if isinstance(item, ValueWithExpiration) and isinstance(item.value, dict)}
+

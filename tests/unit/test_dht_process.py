@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from swarm.dht_process import SwarmDHT
+from swarm.dht_process import SwarmDHT, read_records
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,3 +100,18 @@ def test_is_a_drop_in_hivemind_dht():
 
 async def _peer_count(_dht, node) -> int:
     return len(node.protocol.routing_table.uid_to_peer_id)
+
+
+def test_read_records_returns_the_dict_records_under_a_key():
+    from hivemind.utils import get_dht_time
+
+    dht = SwarmDHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    try:
+        expires = get_dht_time() + 60
+        assert dht.store("progress", subkey="peer-a", value={"epoch": 3}, expiration_time=expires)
+        assert dht.store("progress", subkey="peer-b", value="not a record", expiration_time=expires)
+        assert read_records(dht, "progress", timeout=10) == {"peer-a": {"epoch": 3}}
+        assert read_records(dht, "nothing here", timeout=10) == {}
+    finally:
+        dht.shutdown()
+

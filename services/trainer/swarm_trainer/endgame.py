@@ -121,40 +121,22 @@ def joined_a_finished_run(*, samples_trained: int, chunks_reported: int, other_l
 def read_progress_records(dht, key: str, *, timeout: float = 10.0) -> list[dict] | None:
     """A fresh read of hivemind's progress records under `key` (the tracker's own view is refetched only every
     few seconds); None when the DHT did not answer in time."""
-    from hivemind.utils import ValueWithExpiration
+    from swarm.dht_process import read_records
 
-    try:
-        found = dht.get(key, latest=True, return_future=True).result(timeout=timeout)
-    except Exception as e:  # noqa: BLE001 - a timeout or a DHT error: the caller asks again
-        logger.debug(f"reading {key} failed: {e!r}")
-        return None
-    if found is None or not isinstance(found.value, dict):
-        return []
-    return [item.value for item in found.value.values()
-            if isinstance(item, ValueWithExpiration) and isinstance(item.value, dict)]
+    records = read_records(dht, key, timeout=timeout)
+    return None if records is None else list(records.values())
 
 
 def _sync_key(run_id: str) -> str:
     return f"{run_id}_final_sync"
 
 
-def _read_records(dht, run_id: str, *, timeout: float = DHT_TIMEOUT) -> dict[str, dict]:
+def _read_records(dht, run_id: str) -> dict[str, dict]:
     """The final-sync records under this run's key; empty when the DHT did not answer in time (the callers poll
     until their deadline, so a silent DHT ends the sync at its timeout instead of hanging the peer)."""
-    from hivemind.utils import ValueWithExpiration
+    from swarm.dht_process import read_records
 
-    try:
-        found = dht.get(_sync_key(run_id), latest=True, return_future=True).result(timeout=timeout)
-    except Exception as e:  # noqa: BLE001 - a timeout or a DHT error: the caller polls again
-        logger.debug(f"reading the final-sync records failed: {e!r}")
-        return {}
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    records = {}
-    for subkey, item in found.value.items():
-        if isinstance(item, ValueWithExpiration) and isinstance(item.value, dict):
-            records[str(subkey)] = item.value
-    return records
+    return read_records(dht, _sync_key(run_id), timeout=DHT_TIMEOUT) or {}
 
 
 def _publish(dht, run_id: str, peer_id: str, record: dict, *, ttl: float) -> None:

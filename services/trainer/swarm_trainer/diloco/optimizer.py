@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from swarm.dht_process import read_records
 from swarm.logs import get_logger
 from swarm_trainer.diloco.averager import build_averager
 from swarm_trainer.diloco.compression import (
@@ -258,22 +259,9 @@ class DiLoCoOptimizer:
 
     def swarm_progress(self) -> list[PeerProgress]:
         """Every live peer's round, from the progress tracker's DHT record (empty when it could not be read)."""
-        from hivemind.utils import ValueWithExpiration
-
-        try:
-            found = self.dht.get(self.tracker.training_progress_key, latest=True,
-                                 return_future=True).result(timeout=PROGRESS_READ_TIMEOUT)
-        except Exception as e:  # noqa: BLE001 - a failed read is retried by the caller
-            logger.debug(f"reading the swarm's progress failed: {e!r}")
-            return []
-        entries = []
-        if found is not None and isinstance(found.value, dict):
-            for item in found.value.values():
-                value = item.value if isinstance(item, ValueWithExpiration) else None
-                if isinstance(value, dict) and "peer_id" in value and "epoch" in value:
-                    entries.append(PeerProgress(bytes(value["peer_id"]), int(value["epoch"]),
-                                                bool(value.get("client_mode", False))))
-        return entries
+        records = read_records(self.dht, self.tracker.training_progress_key, timeout=PROGRESS_READ_TIMEOUT) or {}
+        return [PeerProgress(bytes(value["peer_id"]), int(value["epoch"]), bool(value.get("client_mode", False)))
+                for value in records.values() if "peer_id" in value and "epoch" in value]
 
     def finish(self) -> None:
         """At the end of the run (every peer at the barrier, in the same round): one last round over what each
