@@ -18,6 +18,7 @@ from typing import Protocol, Sequence
 import torch
 
 from swarm.runconfig import RunConfig
+from swarm_trainer.epoch_drift import ahead_grace_s
 from swarm_trainer.swarm import HivemindOptimizerBackend, SwarmOptions, make_optimizer
 
 
@@ -54,6 +55,10 @@ class SwarmBackend(Protocol):
 
     def step(self, *, batch_size: int, grad_scaler=None) -> bool:
         """One local step over the gradients in the parameters' .grad; True when it completed a swarm epoch."""
+
+    def rejoin_listeners(self) -> bool:
+        """Called after every step and idle tick: a client-mode peer that got ahead of every listening peer for good
+        goes back to their epoch and state (epoch_drift.py); True when it did. A backend without the problem: False."""
 
     def swarm_is_stepping(self) -> bool:
         """Whether an idle peer should take part (idle_step) now: somebody accumulated samples, or it fell behind."""
@@ -103,4 +108,5 @@ def make_backend(*, config: RunConfig, dht, run_id: str, params: Sequence[torch.
                                    optimizer_cls=optimizer_cls, fused_backward=fused_backward, trust=trust)
     optimizer = make_optimizer(dht=dht, run_id=run_id, params=params, config=config, batch_size=batch_size,
                                options=options, optimizer_cls=optimizer_cls, trust=trust)
-    return HivemindOptimizerBackend(optimizer, dht=dht, run_id=run_id, params=params)
+    grace = ahead_grace_s(matchmaking_time=options.matchmaking_time, averaging_timeout=options.averaging_timeout)
+    return HivemindOptimizerBackend(optimizer, dht=dht, run_id=run_id, params=params, ahead_grace_s=grace)

@@ -190,6 +190,7 @@ class TrainEngine:
         if stepped:
             metrics.AVERAGING_SECONDS.observe(finished - step_started)
             self._after_global_step()
+        self.backend.rejoin_listeners()
         loss_value = float(loss.detach())
         self.stats.record(loss=loss_value, batch_size=len(images), seconds=finished - started)
         self._update_metrics(loss=loss_value, lr=lr, batch_size=len(images))
@@ -215,7 +216,7 @@ class TrainEngine:
         Skipped while nobody in the swarm has accumulated anything this epoch, so a swarm of idle peers never
         averages all-zero weights. Returns True when the tick moved this peer to a new epoch.
         """
-        if not self.backend.swarm_is_stepping():
+        if self.backend.rejoin_listeners() or not self.backend.swarm_is_stepping():
             return False
         self.backend.set_lr(self.scheduled_lr())
         moved = self.backend.idle_step(grad_scaler=self.grad_scaler)

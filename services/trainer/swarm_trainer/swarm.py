@@ -13,6 +13,7 @@ Two hivemind facts shape this module:
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
@@ -23,6 +24,7 @@ from swarm.logs import get_logger
 from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
 from swarm_trainer.endgame import Participant, final_sync, read_progress_records, swarm_step_pending
+from swarm_trainer.epoch_drift import MIN_GRACE_S, AheadOfListeners
 from swarm_trainer.optimizer_backend import OptimizerBackendBase
 from swarm_trainer.state_download import AppliedStates, download_timeout, load_with_retries, state_bytes
 
@@ -32,6 +34,9 @@ COMPRESSIONS = ("none", "fp16", "8bit", "adaptive")
 # Tensors smaller than this go as fp16 under "adaptive": quantizing small tensors (norms, biases) saves little and
 # costs the most accuracy.
 ADAPTIVE_THRESHOLD = 2 ** 16 + 1
+# A client-mode peer looks at the listening peers' epochs at most this often (one DHT read, bounded by the timeout).
+DRIFT_CHECK_INTERVAL_S = 5.0
+DRIFT_READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,20 @@ def visible_multiaddrs(dht) -> list[str]:
     return [str(addr) for addr in dht.get_visible_maddrs()]
 
 
+def own_rpc_handler_caches() -> None:
+    """hivemind caches a servicer class's RPC handlers (and stub) on first use, and finds that cache through
+    inheritance: once a plain DecentralizedAverager had collected its own in this process, hivemind.Optimizer's
+    averagers called their peers under "DecentralizedAverager.rpc_*" while serving under their own class names, so no
+    state download ever arrived. Each averager class hivemind.Optimizer builds gets its own cache (the DiLoCo averager
+    declares one in its class)."""
+    from hivemind.optim.grad_averager import GradientAverager
+    from hivemind.optim.state_averager import TrainingStateAverager
+
+    for cls in (TrainingStateAverager, GradientAverager):
+        if "_rpc_handlers" not in vars(cls):
+            cls._rpc_handlers = cls._stub_type = None
+
+
 def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], config: RunConfig,
                    batch_size: int, options: SwarmOptions, optimizer_cls=None, trust=None):
     """hivemind.Optimizer averaging gradients toward the run's target batch (use_local_updates=False).
@@ -131,6 +150,7 @@ def make_optimizer(*, dht, run_id: str, params: Sequence[torch.nn.Parameter], co
     """
     from hivemind.compression import NoCompression
 
+    own_rpc_handler_caches()
     params = list(params)
     grad_compression, state_compression = make_compression(options.compression)
     optimizer_cls = optimizer_cls or torch.optim.AdamW
@@ -175,9 +195,11 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
     """backend.SwarmBackend over one hivemind.Optimizer: every local step accumulates gradients, the swarm averages
     them once the run's target batch is reached (a global step, one epoch), and the peers step together."""
 
-    def __init__(self, optimizer, **kwargs):
+    def __init__(self, optimizer, *, ahead_grace_s: float = MIN_GRACE_S, **kwargs):
         super().__init__(optimizer, **kwargs)
         self.applied_states = AppliedStates(optimizer.opt)  # tells a download that arrived from one that did not
+        self.ahead = AheadOfListeners(grace_s=ahead_grace_s)
+        self._next_drift_check = 0.0
         grad_averager = getattr(optimizer, "grad_averager", None)
         if grad_averager is not None and not grad_averager.client_mode:
             # hivemind's load_state_from_peers also downloads the gradient averager's buffers and throws them away
@@ -205,6 +227,30 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         epoch_before = self.optimizer.local_epoch
         self.optimizer.step(batch_size=batch_size, grad_scaler=grad_scaler)
         return self.optimizer.local_epoch != epoch_before
+
+    def rejoin_listeners(self) -> bool:
+        """A client-mode peer that stayed ahead of every listening peer (epoch_drift.py) takes their epoch and
+        downloads their state; True when it went back. Looks at most every DRIFT_CHECK_INTERVAL_S."""
+        optimizer = self.optimizer
+        now = time.monotonic()
+        if not optimizer.client_mode or now < self._next_drift_check:
+            return False
+        self._next_drift_check = now + DRIFT_CHECK_INTERVAL_S
+        records = read_progress_records(self.dht, optimizer.tracker.training_progress_key,
+                                        timeout=DRIFT_READ_TIMEOUT_S)
+        epoch = None if records is None else self.ahead.observe(local_epoch=optimizer.local_epoch, records=records)
+        if epoch is None:
+            return False
+        logger.warning(f"this client-mode peer has been at epoch {optimizer.local_epoch}, ahead of every listening "
+                       f"peer (at {epoch}), for {self.ahead.grace_s:.0f} s: hivemind never counts a client-mode "
+                       f"peer's epoch, so it would step alone from here on; going back to their epoch and state")
+        # hivemind refuses a state older than the local epoch, and its catch-up after a download moves a peer one
+        # epoch behind the tracker's view forward again without a state: both must see the listeners' epoch first.
+        optimizer.state_averager.local_epoch = epoch
+        optimizer.tracker.report_local_progress(epoch, 0)
+        optimizer.tracker.global_progress.epoch = epoch
+        self.load_state_from_peers()
+        return True
 
     def swarm_is_stepping(self) -> bool:
         """Somebody accumulated samples this epoch, or the swarm is ahead: an idle step would take part in a round."""

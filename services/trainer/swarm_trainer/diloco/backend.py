@@ -44,6 +44,10 @@ class DiLoCoBackend(OptimizerBackendBase):
         self.synced = self.synced or ended
         return ended
 
+    def rejoin_listeners(self) -> bool:
+        """Rounds wait for every peer still in them, clients included (rounds.py): no peer steps ahead alone."""
+        return False
+
     def swarm_is_stepping(self) -> bool:
         """The swarm finished this peer's round (it waits for us) or ran further ahead."""
         return self.optimizer.tracker.global_epoch > self.optimizer.local_epoch
