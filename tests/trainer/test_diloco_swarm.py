@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 
@@ -26,7 +27,8 @@ def make_dht(initial_peers=()):
 class Peer:
     """A small regression model trained by a DiLoCoOptimizer in its own thread; records the outer parameters."""
 
-    def __init__(self, dht, *, seed: int, compression: str = "none", overlap: bool = True):
+    def __init__(self, dht, *, seed: int, compression: str = "none", overlap: bool = True,
+                 averager_class: type | None = None):
         from hivemind.utils.crypto import RSAPrivateKey
 
         torch.manual_seed(0)  # identical initial weights on every peer
@@ -36,7 +38,7 @@ class Peer:
             dht=dht, run_id="diloco-test", params=self.model.parameters(),
             inner_optimizer=torch.optim.AdamW(self.model.parameters(), lr=1e-2),
             settings=DiLoCoSettings(inner_steps=INNER_STEPS, compression=compression, overlap=overlap),
-            timeouts=TIMEOUTS, tracker_key=RSAPrivateKey())
+            timeouts=TIMEOUTS, tracker_key=RSAPrivateKey(), averager_class=averager_class)
         self.outer_by_round: dict[int, torch.Tensor] = {}
         self.error: BaseException | None = None
 
@@ -151,6 +153,67 @@ def test_fp16_on_the_wire_leaves_both_peers_with_the_same_outer_parameters():
             torch.testing.assert_close(a.outer_by_round[round_index], b.outer_by_round[round_index],
                                        rtol=0, atol=1e-7)
     finally:
+        for peer in peers:
+            peer.optimizer.shutdown()
+        for dht in dhts:
+            dht.shutdown()
+
+
+# How many groupmates' slices the answer-dropping averager below still leaves unanswered. Shared memory: its
+# all-reduce runs in the averager's own process, forked after this module was imported.
+ANSWERS_TO_DROP = multiprocessing.Value("i", 0)
+
+
+def answer_dropping_averager_class() -> type:
+    """The DiLoCo averager (same class name, so the same RPC names) whose reducer takes a groupmate's part but, while
+    ANSWERS_TO_DROP > 0, never sends the average back: what a reducer that times out or loses its link does."""
+    from swarm_trainer.diloco.averager import PseudoGradientAverager
+    from swarm_trainer.diloco.consistent import runner_class
+
+    class AnswerDroppingRunner(runner_class()):
+        async def _accumulate_parts_streaming(self, stream, sender_index: int):
+            with ANSWERS_TO_DROP.get_lock():
+                drop = ANSWERS_TO_DROP.value > 0
+                ANSWERS_TO_DROP.value -= int(drop)
+            async for answer in super()._accumulate_parts_streaming(stream, sender_index):
+                if not drop:
+                    yield answer
+
+    return type("PseudoGradientAverager", (PseudoGradientAverager,), {
+        "_rpc_handlers": None, "_stub_type": None,
+        "allreduce_runner_class": staticmethod(lambda base=None: AnswerDroppingRunner)})
+
+
+@pytest.mark.timeout(200)
+def test_a_peer_whose_average_arrived_only_in_part_downloads_the_state_and_stays_identical():
+    """hivemind keeps a peer's own values where a groupmate never sent the average of its slice back ("Averaging:
+    received 91.9% results"), while the groupmate holds the full average: once seen in CI, the outer parameters
+    then differed for good on 8% of the elements. That peer now downloads the swarm's outer state instead."""
+    dhts, peers = [], []
+    try:
+        dhts.append(make_dht())
+        dhts.append(make_dht([str(a) for a in dhts[0].get_visible_maddrs()]))
+        # Either may reduce the whole (tiny) vector: whichever does, drops; the other holds its own values.
+        dropping = answer_dropping_averager_class()
+        a = Peer(dhts[0], seed=1, averager_class=dropping)
+        b = Peer(dhts[1], seed=2, averager_class=dropping)
+        peers += [a, b]
+        for peer in (a, b):
+            first_step(peer)
+        for peer in (a, b):
+            peer.wait_until_seen(2)
+        ANSWERS_TO_DROP.value = 1  # one answer of the first all-reduce is dropped
+        run_threads((a.train, 4), (b.train, 4))
+        assert a.error is None and b.error is None, (a.error, b.error)
+        assert ANSWERS_TO_DROP.value == 0, "the answer was never dropped"
+        assert sorted([a.optimizer.incomplete_rounds, b.optimizer.incomplete_rounds]) == [0, 1]
+        assert a.optimizer.local_epoch == b.optimizer.local_epoch
+        for round_index in sorted(set(a.outer_by_round) & set(b.outer_by_round)):
+            torch.testing.assert_close(a.outer_by_round[round_index], b.outer_by_round[round_index],
+                                       rtol=0, atol=1e-6)
+        torch.testing.assert_close(a.optimizer.outer, b.optimizer.outer, rtol=0, atol=1e-6)
+    finally:
+        ANSWERS_TO_DROP.value = 0
         for peer in peers:
             peer.optimizer.shutdown()
         for dht in dhts:

@@ -15,6 +15,7 @@ runner through.
 """
 from __future__ import annotations
 
+import multiprocessing
 from typing import Callable, Sequence
 
 import torch
@@ -26,6 +27,9 @@ from swarm.trust.guard import apply_allreduce
 from swarm_trainer.diloco.consistent import runner_class
 
 logger = get_logger(__name__)
+
+
+STATE_SERVE_MARGIN_S = 5.0
 
 
 class PseudoGradientAverager(DecentralizedAverager):
@@ -42,6 +46,9 @@ class PseudoGradientAverager(DecentralizedAverager):
                  reference_tensors: Sequence[torch.Tensor] = (), **kwargs):
         # Set before the base class starts its state-serving thread, which may call get_current_state at once.
         self._state_source = state_source
+        # The share of the last all-reduce's average that never arrived (see missing_share): written in the
+        # averager's own process, read by the optimizer in the host, so shared memory created before the fork.
+        self._missing_share = multiprocessing.Value("d", 0.0, lock=False)
         # The local tensors a downloaded state's leading tensors are comparable with (the outer parameters), in
         # shared memory so the averager's own process sees their current values: its pseudo-gradient buffer is
         # not what a state download should be measured against.
@@ -62,6 +69,27 @@ class PseudoGradientAverager(DecentralizedAverager):
                                                tensors=tensors, group_id=group_id,
                                                ordered_peer_ids=group_info.peer_ids, **kwargs)
         await apply_allreduce(self, runner, tensors=tensors, group_info=group_info, group_id=group_id)
+
+    @property
+    def missing_share(self) -> float:
+        """The share of the last all-reduce's average that never arrived: a groupmate that reduced a slice failed
+        to send it back, so hivemind left this peer's own values there (and only this peer's). Read after a step."""
+        return self._missing_share.value
+
+    def reset_missing_share(self) -> None:
+        """Before a step: a round that never reaches the all-reduce must not report the last one's share."""
+        self._missing_share.value = 0.0
+
+    async def _aggregate_with_group(self, group_info, min_vector_size: int, **kwargs):
+        """hivemind's method (the trust guard's version calls it too); afterwards, records what share of the average
+        never arrived, from the round's runner (registered for the group while the round runs)."""
+        gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        registered = self._running_groups.get(group_info.group_id)
+        runner = None
+        if registered is not None and registered.done() and not registered.cancelled() and not registered.exception():
+            runner = registered.result()
+        self._missing_share.value = getattr(getattr(runner, "tensor_part_container", None), "missing_share", 0.0)
+        return gathered
 
     def get_current_state(self):
         metadata, tensors = self._state_source()
@@ -92,7 +120,11 @@ def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, refe
         min_matchmaking_time=matchmaking_time,
         request_timeout=max(0.5, min(3.0, matchmaking_time / 2)),
         allreduce_timeout=averaging_timeout,
-        next_chunk_timeout=averaging_timeout,
+        sender_timeout=averaging_timeout,
+        reducer_timeout=2 * averaging_timeout,
+        # A state download's first chunk comes only once the serving peer's own all-reduce is done (_served_state),
+        # and that may wait for this very peer until the serving peer's averaging deadline.
+        next_chunk_timeout=averaging_timeout + 2 * matchmaking_time + STATE_SERVE_MARGIN_S,
         initial_group_bits=initial_group_bits,
         **(extra_kwargs or {}),
     )

@@ -48,6 +48,12 @@ class _AbsoluteResultContainer:
     slice's average through the wire format as every groupmate received it."""
 
     own_index: int
+    missing_size: int = 0  # elements of the result that a failed groupmate never sent back (this peer's own stand)
+
+    @property
+    def missing_share(self) -> float:
+        """The share of the average that never arrived: hivemind keeps this peer's own values there."""
+        return self.missing_size / self.total_size if self.total_size else 0.0
 
     def register_processed_part(self, peer_index: int, part_index: int, part: torch.Tensor):
         if part_index < len(self._input_parts_by_peer[peer_index]):
@@ -66,6 +72,7 @@ class _AbsoluteResultContainer:
             sent = self._input_parts_by_peer[peer_index][part_index][0]
             super().register_processed_part(peer_index, part_index, torch.zeros_like(sent))
             self.failed_size += sent.numel()
+            self.missing_size += sent.numel()
 
 
 @lru_cache(maxsize=None)

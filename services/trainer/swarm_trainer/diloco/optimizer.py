@@ -12,7 +12,8 @@ default, as in Streaming DiLoCo and INTELLECT-1) every pseudo-gradient is applie
 waits for the link unless one all-reduce takes longer than a whole round of inner steps.
 
 The outer parameters and momentum are flat fp32 CPU buffers, identical on every peer that averaged every round
-(same start, same averages, same rule). A peer whose all-reduce failed applies its own pseudo-gradient and goes on.
+(same start, same averages, same rule). A peer whose all-reduce failed, or brought back only part of the average,
+downloads the swarm's outer state; only when nobody serves one does it apply what it has and go on.
 A late joiner downloads the outer state, including an average still waiting to be applied (see _served_state).
 """
 from __future__ import annotations
@@ -50,7 +51,8 @@ logger = get_logger(__name__)
 
 POLL_S = 0.2  # how often a peer waiting for the rest of its round re-reads the swarm's progress
 PROGRESS_READ_TIMEOUT = 10.0  # seconds for one DHT read of the swarm's progress
-AVERAGED, ALONE, FAILED, RELOADED = "averaged", "alone", "failed", "reloaded"  # outcomes of a round's all-reduce
+# Outcomes of a round's all-reduce. INCOMPLETE: averaged, but part of the average never arrived (see _average_round).
+AVERAGED, ALONE, FAILED, INCOMPLETE, RELOADED = "averaged", "alone", "failed", "incomplete", "reloaded"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class DiLoCoOptimizer:
         self.inner_step = 0
         self.samples_in_round = 0
         self.rounds_averaged = 0  # rounds whose all-reduce included another peer
+        self.incomplete_rounds = 0  # rounds whose average arrived only in part
         self.stepped_ever = False
         self.last_group_size = 0
         self.outer = flatten(self.params)
@@ -148,7 +151,18 @@ class DiLoCoOptimizer:
         if self.inner_step >= self.settings.inner_steps:
             self.end_round()
             return True
-        return False
+        epoch = self.local_epoch
+        return self._reload_if_last_round_broke() and self.local_epoch != epoch
+
+    def _reload_if_last_round_broke(self) -> bool:
+        """(overlap) The last round's all-reduce ended FAILED or INCOMPLETE: download the swarm's state now and
+        restart this round from it. At this round's end it came too late: the groupmates serve their state once their
+        all-reduce of this round is done, which waits for this peer, which waited for their state."""
+        pending = self._pending
+        if not self.settings.overlap or pending is None or not pending.done():
+            return False
+        outcome = FAILED if pending.exception() is not None else pending.result()
+        return outcome in (FAILED, INCOMPLETE) and self._apply_pending() == RELOADED
 
     # ---- rounds ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -188,7 +202,8 @@ class DiLoCoOptimizer:
 
         Returns the all-reduce's outcome. When it FAILED although other peers were in the round (a timeout, a peer
         that averaged without us), stepping alone would leave this peer's outer parameters off the swarm's for
-        good, so it downloads the swarm's state instead (RELOADED).
+        good, so it downloads the swarm's state instead (RELOADED); the same when it was INCOMPLETE. Only when no
+        peer serves a state does this peer step with what it has.
         """
         pending = self._pending
         if pending is None:
@@ -198,7 +213,7 @@ class DiLoCoOptimizer:
         except Exception as e:  # noqa: BLE001 - _average_round catches hivemind's errors; anything else lands here
             logger.warning(f"DiLoCo all-reduce failed: {e!r}")
             outcome = FAILED
-        if outcome == FAILED and self.load_state_from_peers():
+        if outcome in (FAILED, INCOMPLETE) and self.load_state_from_peers():
             return RELOADED
         with self._lock:
             with self.averager.get_tensors() as (buffer,):
@@ -241,6 +256,7 @@ class DiLoCoOptimizer:
             remaining = self.timeouts.matchmaking * 2  # the wait used it all up; still give matchmaking a chance
         try:
             with self._pipe_lock:
+                self.averager.reset_missing_share()
                 self.averager.set_group_bits(group_bits(finished_round))
                 control = self.averager.step(gather=finished_round, weight=weight, timeout=remaining,
                                              scheduled_time=get_dht_time() + self.timeouts.matchmaking,
@@ -254,6 +270,14 @@ class DiLoCoOptimizer:
         self.last_group_size = len(gathered or {})
         if rounds - {finished_round}:
             logger.warning(f"DiLoCo round {finished_round}: averaged with peers of rounds {sorted(rounds)}")
+        missing = self.averager.missing_share
+        if missing > 0:
+            # A groupmate that reduced a slice failed to send it back: this peer holds its own values there, the
+            # others the average, so its outer parameters would stay off theirs for good.
+            logger.warning(f"DiLoCo round {finished_round}: {missing:.1%} of the average never arrived (a groupmate "
+                           f"failed to send its slice back); this peer will download the swarm's state instead")
+            self.incomplete_rounds += 1
+            return INCOMPLETE
         logger.info(f"DiLoCo round {finished_round}: averaged in a group of {self.last_group_size}")
         return AVERAGED if self.last_group_size > 1 else ALONE
 
