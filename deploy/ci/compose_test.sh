@@ -72,6 +72,10 @@ compose() { docker compose "$@"; }
 # Everything that could be left from an earlier, interrupted run.
 cleanup() {
   set +e
+  # The volunteers' whole logs outlive their containers: a failed check can be read afterwards.
+  for p in 1 2; do
+    docker logs "swarmci-peer-$p" >"$WORK/peer-$p.log" 2>&1 && log "volunteer $p's log: $WORK/peer-$p.log"
+  done
   docker rm -f swarmci-peer-1 swarmci-peer-2 >/dev/null 2>&1
   docker volume rm -f swarmci-trainer-1 swarmci-trainer-2 >/dev/null 2>&1
   [ -f "$HOST_DIR/.env" ] && (cd "$HOST_DIR" && compose down -v --remove-orphans >/dev/null 2>&1)

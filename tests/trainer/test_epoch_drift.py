@@ -7,7 +7,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from swarm_trainer.epoch_drift import MIN_GRACE_S, AheadOfListeners, ahead_grace_s, listening_epoch
+from swarm_trainer.epoch_drift import (
+    MAX_LEAD_EPOCHS,
+    MIN_GRACE_S,
+    AheadOfListeners,
+    ahead_grace_s,
+    listening_epoch,
+)
 
 
 def _record(epoch: int, client_mode: bool = False) -> dict:
@@ -59,6 +65,16 @@ def test_catching_up_in_between_restarts_the_grace():
     assert ahead.observe(local_epoch=6, records=[_record(5)]) == 5
 
 
+def test_a_client_far_ahead_never_goes_back_to_a_listener_that_never_shared_its_history():
+    """A listener that joined a swarm led by client-mode peers found no state to download and trains from its seed:
+    going back to it would throw the run away."""
+    clock = _Clock()
+    ahead = AheadOfListeners(grace_s=0, clock=clock)
+    assert ahead.observe(local_epoch=MAX_LEAD_EPOCHS + 1, records=[_record(0)]) is None
+    assert ahead.observe(local_epoch=50, records=[_record(2)]) is None
+    assert ahead.observe(local_epoch=MAX_LEAD_EPOCHS, records=[_record(0)]) == 0
+
+
 def test_no_listening_peer_or_being_behind_never_sends_a_peer_back():
     clock = _Clock()
     ahead = AheadOfListeners(grace_s=0, clock=clock)
@@ -94,16 +110,19 @@ def test_a_real_client_ahead_of_the_listening_peer_takes_its_epoch_and_state(mon
         client = make_backend(config=config, dht=client_dht, run_id=run_id, batch_size=1, options=client_options,
                               params=[torch.nn.Parameter(torch.zeros(8))])
         listener.resume(3)
-        listener.optimizer.tracker.report_local_progress(3, 1)  # hivemind publishes a record once a peer trained
         client.resume(5)
+        assert listener.a_listening_peer_trains(), "a listening peer never waits"
+        assert not client.a_listening_peer_trains(), "the listener has not trained yet: no record"
+        listener.optimizer.tracker.report_local_progress(3, 1)  # hivemind publishes a record once a peer trained
+        deadline = time.monotonic() + 60
+        while not client.a_listening_peer_trains():
+            assert time.monotonic() < deadline, "the client never saw the listening peer's record"
+            time.sleep(0.2)
         assert client.ahead.grace_s == ahead_grace_s(matchmaking_time=1.0, averaging_timeout=5.0)
         client.ahead.grace_s = 0.0
         assert not listener.rejoin_listeners(), "a listening peer never goes back"
 
-        deadline = time.monotonic() + 60
-        while not client.rejoin_listeners():
-            assert time.monotonic() < deadline, "the client never saw the listening peer's record"
-            time.sleep(0.2)
+        assert client.rejoin_listeners()
         assert client.local_epoch == 3
         assert client.optimizer.tracker.global_epoch == 3
         # To float rounding: what hivemind serves differs from the listener's model copy by ~1e-6 relative here.
@@ -115,3 +134,40 @@ def test_a_real_client_ahead_of_the_listening_peer_takes_its_epoch_and_state(mon
     finally:
         swarm.shutdown(client, client_dht)
         swarm.shutdown(listener, listener_dht)
+
+
+class _Backend:
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def a_listening_peer_trains(self) -> bool:
+        return self.answers.pop(0) if self.answers else True
+
+
+class _Run:
+    def __init__(self, answers):
+        import threading
+        from types import SimpleNamespace
+
+        self.stop = threading.Event()
+        self.engine = SimpleNamespace(backend=_Backend(answers))
+
+
+def test_a_client_waits_for_a_listening_peer_to_train_then_goes_on(caplog):
+    from swarm_trainer.session import wait_for_a_listening_peer
+
+    run = _Run([False, False, True])
+    assert wait_for_a_listening_peer(run, timeout=30)
+    assert run.engine.backend.answers == []
+    assert "waiting for a listening peer" in caplog.text
+
+
+def test_a_client_alone_trains_after_the_wait_with_a_warning_and_stops_when_asked(caplog):
+    from swarm_trainer.session import wait_for_a_listening_peer
+
+    run = _Run([False] * 100)
+    assert not wait_for_a_listening_peer(run, timeout=0.5)
+    assert "no listening peer trained in 0 s" in caplog.text and "without --client-mode" in caplog.text
+    run = _Run([False] * 100)
+    run.stop.set()
+    assert not wait_for_a_listening_peer(run, timeout=30)

@@ -56,6 +56,10 @@ class SwarmBackend(Protocol):
     def step(self, *, batch_size: int, grad_scaler=None) -> bool:
         """One local step over the gradients in the parameters' .grad; True when it completed a swarm epoch."""
 
+    def a_listening_peer_trains(self) -> bool:
+        """True for a listening peer; for a client-mode peer, once a listening peer has trained in this run (has a
+        progress record). session.join holds a client-mode peer until then (epoch_drift.py)."""
+
     def rejoin_listeners(self) -> bool:
         """Called after every step and idle tick: a client-mode peer that got ahead of every listening peer for good
         goes back to their epoch and state (epoch_drift.py); True when it did. A backend without the problem: False."""

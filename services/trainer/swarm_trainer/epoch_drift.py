@@ -19,6 +19,11 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+# A client-mode peer further ahead than this does not go back: the listening peers then never shared its history (a
+# listener that joined a swarm in which only client-mode peers held the newest state found no state to download and
+# trains from its seed), and going back would throw the swarm's training away. A split-off client is found within
+# the grace, at a lead of 1 or 2.
+MAX_LEAD_EPOCHS = 3
 # A client-mode peer ahead for less than this is not split off: it may just have left a round that the listening
 # peers are still finishing (their epoch changes only when their round ends).
 MIN_GRACE_S = 5.0
@@ -40,7 +45,8 @@ def listening_epoch(records: Iterable[dict]) -> int | None:
 
 class AheadOfListeners:
     """Successive looks at the swarm's progress records, for a client-mode peer: `observe` returns the epoch to go
-    back to once this peer has been ahead of every listening peer for `grace_s` without a break, else None."""
+    back to once this peer has been ahead of every listening peer (by at most MAX_LEAD_EPOCHS) for `grace_s` without
+    a break, else None."""
 
     def __init__(self, *, grace_s: float, clock: Callable[[], float] = time.monotonic):
         if grace_s < 0:
@@ -51,7 +57,7 @@ class AheadOfListeners:
 
     def observe(self, *, local_epoch: int, records: Iterable[dict]) -> int | None:
         listeners = listening_epoch(records)
-        if listeners is None or listeners >= local_epoch:
+        if listeners is None or not 0 < local_epoch - listeners <= MAX_LEAD_EPOCHS:
             self._ahead_since = None
             return None
         now = self._clock()

@@ -17,6 +17,10 @@ from swarm_trainer.leases import write_summary
 logger = get_logger(__name__)
 
 
+# How long a client-mode peer waits for a listening peer to train before it trains alone (wait_for_a_listening_peer).
+LISTENER_WAIT_S = 300.0
+
+
 def join(run) -> None:
     """Coordinator -> DHT -> registration -> config -> models and optimizer -> catch up -> metrics and ready file."""
     from swarm.metrics import MetricsServer
@@ -96,6 +100,8 @@ def join(run) -> None:
                              features=options.features)
     if resumed is not None:
         run.engine.resume(epoch=resumed[0], ema_state=resumed[2])
+    if options.swarm.client_mode:
+        wait_for_a_listening_peer(run, timeout=LISTENER_WAIT_S)
     # A late joiner starts from the swarm's current state, not from the seed (nor from an older checkpoint).
     run.engine.backend.wait_for_swarm_progress(timeout=30)
     if run.engine.behind_swarm():
@@ -175,6 +181,29 @@ def end_barrier(run) -> None:
     remaining = max(30.0, deadline - time.monotonic())
     run.final_sync = engine.backend.final_sync(peer_id=run.peer_id, participants=participants, timeout=remaining)
     logger.info(f"final sync: {run.final_sync}; leaving at epoch {engine.local_epoch}")
+
+
+def wait_for_a_listening_peer(run, *, timeout: float) -> bool:
+    """A client-mode peer starts training once a listening peer has. Client-mode peers neither average with each
+    other nor serve their state, so one that trained first held a branch that no listening peer could download (in
+    CI a client-mode volunteer trained a whole short run before the listening one's first batch, and the two left at
+    different epochs). After `timeout` it trains anyway, with a warning: a swarm of client-mode peers only."""
+    deadline = time.monotonic() + timeout
+    logged = False
+    while not run.stop.is_set():
+        if run.engine.backend.a_listening_peer_trains():
+            return True
+        if time.monotonic() >= deadline:
+            logger.warning(f"no listening peer trained in {timeout:.0f} s: training anyway, alone. Client-mode peers "
+                           f"cannot average with each other or serve their state; the swarm needs at least one peer "
+                           f"without --client-mode that others can dial")
+            return False
+        if not logged:
+            logger.info("client mode: waiting for a listening peer to train first (client-mode peers cannot average "
+                        "with each other or serve their state)")
+            logged = True
+        run.stop.wait(1.0)
+    return False
 
 
 def leave(run) -> None:

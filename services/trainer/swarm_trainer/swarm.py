@@ -24,7 +24,7 @@ from swarm.logs import get_logger
 from swarm.lr_schedule import lr_for
 from swarm.runconfig import RunConfig
 from swarm_trainer.endgame import Participant, final_sync, read_progress_records, swarm_step_pending
-from swarm_trainer.epoch_drift import MIN_GRACE_S, AheadOfListeners
+from swarm_trainer.epoch_drift import MIN_GRACE_S, AheadOfListeners, listening_epoch
 from swarm_trainer.optimizer_backend import OptimizerBackendBase
 from swarm_trainer.state_download import AppliedStates, download_timeout, load_with_retries, state_bytes
 
@@ -227,6 +227,16 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         epoch_before = self.optimizer.local_epoch
         self.optimizer.step(batch_size=batch_size, grad_scaler=grad_scaler)
         return self.optimizer.local_epoch != epoch_before
+
+    def a_listening_peer_trains(self) -> bool:
+        """True for a listening peer; a client-mode peer reads the progress records (a listening peer has one once it
+        trained)."""
+        optimizer = self.optimizer
+        if not optimizer.client_mode:
+            return True
+        records = read_progress_records(self.dht, optimizer.tracker.training_progress_key,
+                                        timeout=DRIFT_READ_TIMEOUT_S)
+        return records is not None and listening_epoch(records) is not None
 
     def rejoin_listeners(self) -> bool:
         """A client-mode peer that stayed ahead of every listening peer (epoch_drift.py) takes their epoch and

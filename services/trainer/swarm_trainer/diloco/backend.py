@@ -44,6 +44,10 @@ class DiLoCoBackend(OptimizerBackendBase):
         self.synced = self.synced or ended
         return ended
 
+    def a_listening_peer_trains(self) -> bool:
+        """Rounds wait for every peer still in them: a client-mode peer never runs ahead alone (see below)."""
+        return True
+
     def rejoin_listeners(self) -> bool:
         """Rounds wait for every peer still in them, clients included (rounds.py): no peer steps ahead alone."""
         return False
