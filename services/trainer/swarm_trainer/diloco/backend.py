@@ -45,7 +45,8 @@ class DiLoCoBackend(OptimizerBackendBase):
         return ended
 
     def a_listening_peer_trains(self) -> bool:
-        """Rounds wait for every peer still in them: a client-mode peer never runs ahead alone (see below)."""
+        """Not held back in DiLoCo mode (not built): a client-mode peer that ends rounds before any listening peer
+        trains holds outer parameters that no joiner can download, as in sync mode before session.join waited."""
         return True
 
     def rejoin_listeners(self) -> bool:
