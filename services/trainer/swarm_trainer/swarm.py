@@ -228,14 +228,18 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         self.optimizer.step(batch_size=batch_size, grad_scaler=grad_scaler)
         return self.optimizer.local_epoch != epoch_before
 
+    def _fresh_progress_records(self, *, timeout: float = 10.0) -> list[dict] | None:
+        """Every peer's hivemind progress record, read now (the tracker refetches only every few seconds); None when
+        the DHT did not answer within `timeout`."""
+        return read_progress_records(self.dht, self.optimizer.tracker.training_progress_key, timeout=timeout)
+
     def a_listening_peer_trains(self) -> bool:
         """True for a listening peer; a client-mode peer reads the progress records (a listening peer has one once it
         trained)."""
         optimizer = self.optimizer
         if not optimizer.client_mode:
             return True
-        records = read_progress_records(self.dht, optimizer.tracker.training_progress_key,
-                                        timeout=DRIFT_READ_TIMEOUT_S)
+        records = self._fresh_progress_records(timeout=DRIFT_READ_TIMEOUT_S)
         return records is not None and listening_epoch(records) is not None
 
     def rejoin_listeners(self) -> bool:
@@ -246,8 +250,7 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         if not optimizer.client_mode or now < self._next_drift_check:
             return False
         self._next_drift_check = now + DRIFT_CHECK_INTERVAL_S
-        records = read_progress_records(self.dht, optimizer.tracker.training_progress_key,
-                                        timeout=DRIFT_READ_TIMEOUT_S)
+        records = self._fresh_progress_records(timeout=DRIFT_READ_TIMEOUT_S)
         epoch = None if records is None else self.ahead.observe(local_epoch=optimizer.local_epoch, records=records)
         if epoch is None:
             return False
@@ -273,7 +276,7 @@ class HivemindOptimizerBackend(OptimizerBackendBase):
         optimizer = self.optimizer
         if optimizer.tracker.local_progress.samples_accumulated > 0:
             return False
-        records = read_progress_records(self.dht, optimizer.tracker.training_progress_key)
+        records = self._fresh_progress_records()
         if records is None:
             return False
         return swarm_step_pending(records, local_epoch=optimizer.local_epoch) == (optimizer.local_epoch, 0)
