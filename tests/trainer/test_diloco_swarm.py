@@ -159,6 +159,35 @@ def test_fp16_on_the_wire_leaves_both_peers_with_the_same_outer_parameters():
             dht.shutdown()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overlap", [True, False])
+def test_every_round_moves_the_outer_parameters_once(overlap):
+    """A peer alone, SGD on a constant gradient: every round moves the parameters by the same u. With outer lr 1 and
+    no momentum, the outer parameters must move by u per round applied (one round late with overlap). Measuring
+    the pseudo-gradient after the last average was applied undid part of the round before: 2u, not 3u, here."""
+    from hivemind.utils.crypto import RSAPrivateKey
+
+    dht = make_dht()
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = DiLoCoOptimizer(
+        dht=dht, run_id=f"diloco-alone-{overlap}", params=[param],
+        inner_optimizer=torch.optim.SGD([param], lr=0.1),
+        settings=DiLoCoSettings(inner_steps=2, outer_lr=1.0, outer_momentum=0.0, compression="none",
+                                overlap=overlap),
+        timeouts=TIMEOUTS, tracker_key=RSAPrivateKey())
+    try:
+        for _ in range(4 * 2):
+            param.grad = -torch.ones(3)  # each inner step: +0.1
+            optimizer.step(batch_size=1)
+        assert optimizer.local_epoch == 4
+        rounds_applied = 3 if overlap else 4
+        torch.testing.assert_close(optimizer.outer, torch.full((3,), 0.2 * rounds_applied))
+        torch.testing.assert_close(param.detach(), optimizer.outer)
+    finally:
+        optimizer.shutdown()
+        dht.shutdown()
+
+
 # How many groupmates' slices the answer-dropping averager below still leaves unanswered. Shared memory: its
 # all-reduce runs in the averager's own process, forked after this module was imported.
 ANSWERS_TO_DROP = multiprocessing.Value("i", 0)

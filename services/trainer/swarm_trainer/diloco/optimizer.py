@@ -168,10 +168,12 @@ class DiLoCoOptimizer:
     @torch.no_grad()
     def end_round(self) -> None:
         """End the current round now (after H inner steps, or early: no data while the swarm moved on, the end)."""
+        # The pseudo-gradient is measured from where this round started: the outer parameters BEFORE the last
+        # round's average is applied below (measured after it, every round undid part of the one before).
+        delta = flatten(self.params)
+        torch.sub(self.outer, delta, out=delta)
         if self.settings.overlap and self._apply_pending() == RELOADED:
             return  # this peer missed the last round: it restarted from the swarm's state, this round's work is gone
-        delta = flatten(self.params)
-        torch.sub(self.outer, delta, out=delta)  # the pseudo-gradient, measured from where the round started
         finished_round, weight = self.local_epoch, averaging_weight(self.samples_in_round)
         with self._lock:
             with self.averager.get_tensors() as (buffer,):
