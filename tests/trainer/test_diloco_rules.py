@@ -143,3 +143,32 @@ def test_run_config_diloco_keys_are_validated_and_need_a_restart():
             validate(bad)
     assert restart_needed(RunConfig(), RunConfig(mode="diloco")) == ["mode"]
     assert restart_needed(RunConfig(mode="diloco"), RunConfig(mode="diloco", outer_lr=0.5)) == ["outer_lr"]
+
+
+def test_a_downloaded_outer_state_is_checked_before_it_is_used():
+    """A peer of another version, or a hostile one, must not crash the downloader or hand it the wrong shapes."""
+    from swarm_trainer.diloco.state_sharing import served_state_problem
+
+    def problem(metadata, tensors, **kw):
+        return served_state_problem(metadata, tensors, numel=kw.get("numel", 10), compression="none",
+                                    blocks=kw.get("blocks"))
+
+    outer, momentum = torch.zeros(10), torch.zeros(10)
+    good = dict(round=3, numel=10, compression="none", pending=False)
+    assert problem(good, [outer, momentum]) is None
+    assert problem(dict(good, pending=True), [outer, momentum, torch.ones(10)]) is None
+    assert problem(dict(good, averaging=True, round=2), [outer, momentum]) is None
+    assert "numel" in problem(dict(good, numel=11), [outer, momentum])
+    assert "compression" in problem(dict(good, compression="int8"), [outer, momentum])
+    assert "round" in problem(dict(good, round=-1), [outer, momentum])
+    assert "round" in problem(dict(good, round="3"), [outer, momentum])
+    assert "shapes" in problem(dict(good, pending=True), [outer, momentum])  # the pending average is missing
+    assert "shapes" in problem(good, [outer, torch.zeros(9)])
+    assert "non-finite" in problem(good, [outer, torch.full((10,), float("nan"))])
+    assert "dict" in problem(["not", "a", "dict"], [outer, momentum])
+    # top-k: the pending buffer holds the blocks sent, plus their indices, each within the vector's blocks
+    topk = dict(good, pending=True, compression="none")
+    blocks = (1, 2)
+    assert problem(topk, [outer, momentum, torch.zeros(64), torch.tensor([1])], blocks=blocks) is None
+    assert "outside" in problem(topk, [outer, momentum, torch.zeros(64), torch.tensor([2])], blocks=blocks)
+    assert "shapes" in problem(topk, [outer, momentum, torch.zeros(10)], blocks=blocks)

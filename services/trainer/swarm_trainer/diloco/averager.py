@@ -122,8 +122,8 @@ def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, refe
         allreduce_timeout=averaging_timeout,
         sender_timeout=averaging_timeout,
         reducer_timeout=2 * averaging_timeout,
-        # A state download's first chunk comes only once the serving peer's own all-reduce is done (_served_state),
-        # and that may wait for this very peer until the serving peer's averaging deadline.
+        # A state download's first chunk comes after the serving peer waited up to one matchmaking time for its own
+        # all-reduce (state_sharing.py) and cloned the state: a generous bound.
         next_chunk_timeout=averaging_timeout + 2 * matchmaking_time + STATE_SERVE_MARGIN_S,
         initial_group_bits=initial_group_bits,
         **(extra_kwargs or {}),

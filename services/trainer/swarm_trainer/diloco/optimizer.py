@@ -14,7 +14,7 @@ waits for the link unless one all-reduce takes longer than a whole round of inne
 The outer parameters and momentum are flat fp32 CPU buffers, identical on every peer that averaged every round
 (same start, same averages, same rule). A peer whose all-reduce failed, or brought back only part of the average,
 downloads the swarm's outer state; only when nobody serves one does it apply what it has and go on.
-A late joiner downloads the outer state, including an average still waiting to be applied (see _served_state).
+A late joiner downloads the outer state, including an average still waiting to be applied (state_sharing.py).
 """
 from __future__ import annotations
 
@@ -43,16 +43,32 @@ from swarm_trainer.diloco.compression import (
     wire_compression,
 )
 from swarm_trainer.diloco.consistent import WIRE_PROTOCOL
-from swarm_trainer.diloco.outer import OUTER_LR, OUTER_MOMENTUM, flatten, nesterov_outer_step, unflatten_into
-from swarm_trainer.diloco.rounds import PeerProgress, averaging_weight, group_bits, lr_step, peers_still_in_round
-from swarm_trainer.state_download import download_timeout
+from swarm_trainer.diloco.outer import (
+    OUTER_LR,
+    OUTER_MOMENTUM,
+    flatten,
+    nesterov_outer_step,
+    pseudo_gradient,
+    unflatten_into,
+)
+from swarm_trainer.diloco.rounds import (
+    ALONE,
+    AVERAGED,
+    FAILED,
+    INCOMPLETE,
+    RELOADED,
+    PeerProgress,
+    averaging_weight,
+    group_bits,
+    lr_step,
+    peers_still_in_round,
+)
+from swarm_trainer.diloco.state_sharing import OuterStateSharing
 
 logger = get_logger(__name__)
 
 POLL_S = 0.2  # how often a peer waiting for the rest of its round re-reads the swarm's progress
 PROGRESS_READ_TIMEOUT = 10.0  # seconds for one DHT read of the swarm's progress
-# Outcomes of a round's all-reduce. INCOMPLETE: averaged, but part of the average never arrived (see _average_round).
-AVERAGED, ALONE, FAILED, INCOMPLETE, RELOADED = "averaged", "alone", "failed", "incomplete", "reloaded"
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class Timeouts:
     load_state: float = 600.0
 
 
-class DiLoCoOptimizer:
+class DiLoCoOptimizer(OuterStateSharing):
     """Call step() after each backward pass (or after a fused backward that already stepped, see fused.py)."""
 
     def __init__(self, *, dht, run_id: str, params: Sequence[torch.nn.Parameter], inner_optimizer,
@@ -96,7 +112,9 @@ class DiLoCoOptimizer:
         self.samples_in_round = 0
         self.rounds_averaged = 0  # rounds whose all-reduce included another peer
         self.incomplete_rounds = 0  # rounds whose average arrived only in part
+        self.state_downloads = 0  # outer states downloaded from peers (joined, or fell out of step)
         self.stepped_ever = False
+        self._end_round_early = False  # see load_state_from_peers
         self.last_group_size = 0
         self.outer = flatten(self.params)
         self.numel = self.outer.numel()
@@ -148,7 +166,7 @@ class DiLoCoOptimizer:
         self.samples_in_round += batch_size
         self.stepped_ever = True
         self.tracker.report_local_progress(self.local_epoch, self.inner_step)
-        if self.inner_step >= self.settings.inner_steps:
+        if self.inner_step >= self.settings.inner_steps or self._end_round_early:
             self.end_round()
             return True
         epoch = self.local_epoch
@@ -171,7 +189,7 @@ class DiLoCoOptimizer:
         # The pseudo-gradient is measured from where this round started: the outer parameters BEFORE the last
         # round's average is applied below (measured after it, every round undid part of the one before).
         delta = flatten(self.params)
-        torch.sub(self.outer, delta, out=delta)
+        pseudo_gradient(self.outer, delta, out=delta)
         if self.settings.overlap and self._apply_pending() == RELOADED:
             return  # this peer missed the last round: it restarted from the swarm's state, this round's work is gone
         finished_round, weight = self.local_epoch, averaging_weight(self.samples_in_round)
@@ -192,6 +210,7 @@ class DiLoCoOptimizer:
 
     def _next_round(self, epoch: int) -> None:
         self.local_epoch, self.inner_step, self.samples_in_round = epoch, 0, 0
+        self._end_round_early = False  # see load_state_from_peers
         with self.tracker.pause_updates():
             self.tracker.update_epoch(epoch)
         if not self.client_mode:
@@ -297,76 +316,6 @@ class DiLoCoOptimizer:
         self.end_round()
         self._apply_pending()
         unflatten_into(self.outer, self.params)
-
-    # ---- state for late joiners ------------------------------------------------------------------------------
-    def _served_state(self) -> tuple[dict, list[torch.Tensor]]:
-        """(metadata, tensors) a joiner downloads: round, outer parameters, momentum, and an average waiting to be
-        applied (the joiner applies it at its next round end, exactly like the peers that computed it)."""
-        deadline = time.monotonic() + self.timeouts.averaging
-        while True:
-            pending = self._pending
-            if pending is not None and not pending.done() and time.monotonic() < deadline:
-                try:
-                    pending.result(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - served as "not averaged" below
-                    pass
-                continue
-            with self._lock:
-                if self._pending is not pending:
-                    continue  # a new round began meanwhile; wait for its all-reduce too
-                metadata = dict(round=self.local_epoch, numel=self.numel, compression=self.settings.compression,
-                                pending=pending is not None)
-                tensors = [self.outer.clone(), self.momentum.clone()]
-                if pending is not None:
-                    with self.averager.get_tensors() as (buffer,):
-                        tensors.append(buffer.clone())
-                    if self.topk:
-                        tensors.append(self._pending_blocks.clone())
-                return metadata, tensors
-
-    @torch.no_grad()
-    def load_state_from_peers(self) -> bool:
-        """Download the outer state from the most advanced peer; the local parameters restart from it."""
-        if self._pending is not None:
-            try:
-                self._pending.result()
-            except Exception:  # noqa: BLE001 - superseded by the downloaded state
-                pass
-        # The whole download must fit in the timeout (hivemind restarts one that outlives it from scratch): outer
-        # parameters, momentum and a pending average, fp32, over a slow home link.
-        timeout = download_timeout(configured=self.timeouts.load_state, state_size=3 * 4 * self.numel)
-        with self._pipe_lock:
-            download = self.averager.load_state_from_peers(wait=False, timeout=timeout)
-        try:
-            loaded = download.result(timeout=timeout + 5)
-        except Exception as e:  # noqa: BLE001 - a failed download keeps this peer's own state
-            logger.warning(f"DiLoCo: downloading the outer state failed ({e!r}); keeping this peer's own")
-            return False
-        if loaded is None:
-            logger.warning("DiLoCo: no peer could serve its state; keeping this peer's own")
-            return False
-        metadata, tensors = loaded
-        if metadata.get("numel") != self.numel or metadata.get("compression") != self.settings.compression:
-            logger.warning(f"DiLoCo: a peer served an incompatible state ({metadata}); keeping this peer's own")
-            return False
-        with self._lock:
-            self.outer.copy_(tensors[0])
-            self.momentum.copy_(tensors[1])
-            self._pending = self._pending_blocks = None
-            if metadata.get("pending"):
-                with self.averager.get_tensors() as (buffer,):
-                    buffer.copy_(tensors[2])
-                if self.topk:
-                    self._pending_blocks = tensors[3].long()
-                done: Future = Future()
-                done.set_result(True)
-                self._pending = done
-            if self.residual is not None:
-                self.residual.zero_()
-            self._next_round(int(metadata["round"]))
-        unflatten_into(self.outer, self.params)
-        logger.info(f"DiLoCo: loaded the outer state of round {self.local_epoch} from a peer")
-        return True
 
     def resume(self, epoch: int) -> None:
         """Continue at a checkpoint's round: the loaded weights become the outer parameters (momentum restarts)."""

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 ROUND_BITS = 16  # the round number's low bits go into the matchmaking key
+# Outcomes of a round's all-reduce. INCOMPLETE: averaged, but part of the average never arrived (a groupmate that
+# reduced a slice failed to send it back); RELOADED: the round broke and the swarm's outer state was downloaded.
+AVERAGED, ALONE, FAILED, INCOMPLETE, RELOADED = "averaged", "alone", "failed", "incomplete", "reloaded"
 
 
 def group_bits(round_index: int) -> str:
