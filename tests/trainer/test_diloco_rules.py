@@ -172,3 +172,12 @@ def test_a_downloaded_outer_state_is_checked_before_it_is_used():
     assert problem(topk, [outer, momentum, torch.zeros(64), torch.tensor([1])], blocks=blocks) is None
     assert "outside" in problem(topk, [outer, momentum, torch.zeros(64), torch.tensor([2])], blocks=blocks)
     assert "shapes" in problem(topk, [outer, momentum, torch.zeros(10)], blocks=blocks)
+
+
+def test_a_peer_whose_round_broke_takes_only_a_state_that_holds_that_round():
+    from swarm_trainer.diloco.rounds import holds_round_average
+
+    assert holds_round_average(served_round=4, broken_round=3)  # round 4 with round 3's average pending or applied
+    assert holds_round_average(served_round=6, broken_round=3)
+    assert not holds_round_average(served_round=3, broken_round=3)  # round 3's start: its all-reduce broke or runs
+    assert not holds_round_average(served_round=2, broken_round=3)

@@ -224,7 +224,7 @@ class DiLoCoOptimizer(OuterStateSharing):
         Returns the all-reduce's outcome. When it FAILED although other peers were in the round (a timeout, a peer
         that averaged without us), stepping alone would leave this peer's outer parameters off the swarm's for
         good, so it downloads the swarm's state instead (RELOADED); the same when it was INCOMPLETE. Only when no
-        peer serves a state does this peer step with what it has.
+        peer serves a state with this round's average does this peer step with what it has.
         """
         pending = self._pending
         if pending is None:
@@ -234,7 +234,7 @@ class DiLoCoOptimizer(OuterStateSharing):
         except Exception as e:  # noqa: BLE001 - _average_round catches hivemind's errors; anything else lands here
             logger.warning(f"DiLoCo all-reduce failed: {e!r}")
             outcome = FAILED
-        if outcome in (FAILED, INCOMPLETE) and self.load_state_from_peers():
+        if outcome in (FAILED, INCOMPLETE) and self.load_state_from_peers(with_round=self.local_epoch - 1):
             return RELOADED
         with self._lock:
             with self.averager.get_tensors() as (buffer,):

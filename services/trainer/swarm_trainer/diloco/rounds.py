@@ -58,3 +58,13 @@ def averaging_weight(samples: int) -> float:
     are all exactly zero would divide by zero.
     """
     return float(samples) if samples > 0 else 1e-6
+
+
+def holds_round_average(*, served_round: int, broken_round: int) -> bool:
+    """Whether a served outer state includes the average of `broken_round` (this peer's all-reduce of it broke).
+
+    A peer serves round r+1 once round r's average is in hand (applied, or pending with the state), and round r
+    while round r's all-reduce still runs or broke (the state round r started from). Only the former helps: the
+    latter would throw round r's training away, on every peer when everyone's all-reduce broke.
+    """
+    return served_round > broken_round

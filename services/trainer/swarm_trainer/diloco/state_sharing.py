@@ -14,7 +14,7 @@ import torch
 from swarm.logs import get_logger
 from swarm_trainer.diloco.compression import BLOCK, block_count
 from swarm_trainer.diloco.outer import unflatten_into
-from swarm_trainer.diloco.rounds import FAILED, INCOMPLETE
+from swarm_trainer.diloco.rounds import FAILED, INCOMPLETE, holds_round_average
 from swarm_trainer.state_download import download_timeout
 
 logger = get_logger(__name__)
@@ -79,8 +79,12 @@ class OuterStateSharing:
             return metadata, tensors
 
     @torch.no_grad()
-    def load_state_from_peers(self) -> bool:
-        """Download the outer state from the most advanced peer; the local parameters restart from it."""
+    def load_state_from_peers(self, *, with_round: int | None = None) -> bool:
+        """Download the outer state from the most advanced peer; the local parameters restart from it.
+
+        with_round: a peer whose all-reduce of that round broke needs a state that holds the round's average. A
+        state from before it (every groupmate's all-reduce broke too: they serve the round's start) would throw the
+        round's training away on every peer, so it is refused (False) and this peer applies what it has."""
         if self._pending is not None:
             try:
                 self._pending.result()
@@ -104,6 +108,10 @@ class OuterStateSharing:
                                        blocks=(self.k_blocks, block_count(self.numel)) if self.topk else None)
         if problem:
             logger.warning(f"DiLoCo: a peer served an unusable state ({problem}); keeping this peer's own")
+            return False
+        if with_round is not None and not holds_round_average(served_round=metadata["round"], broken_round=with_round):
+            logger.warning(f"DiLoCo: the most advanced peer serves the state of round {metadata['round']}, without "
+                           f"round {with_round}'s average (its all-reduce broke there too); keeping this peer's own")
             return False
         with self._lock:
             self.outer.copy_(tensors[0])
