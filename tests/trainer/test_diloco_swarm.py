@@ -164,33 +164,48 @@ def test_fp16_on_the_wire_leaves_both_peers_with_the_same_outer_parameters():
             dht.shutdown()
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("overlap", [True, False])
-def test_every_round_moves_the_outer_parameters_once(overlap):
-    """A peer alone, SGD on a constant gradient: every round moves the parameters by the same u. With outer lr 1 and
-    no momentum, the outer parameters must move by u per round applied (one round late with overlap). Measuring
-    the pseudo-gradient after the last average was applied undid part of the round before: 2u, not 3u, here."""
+def train_alone(*, overlap: bool, rounds: int = 12, inner_steps: int = 10) -> tuple[float, float]:
+    """One peer (rounds end ALONE) fits a fixed random network with AdamW inner steps: (first loss, final loss)."""
     from hivemind.utils.crypto import RSAPrivateKey
 
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    teacher = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    teacher.requires_grad_(False)
+    data = torch.Generator().manual_seed(1)
     dht = make_dht()
-    param = torch.nn.Parameter(torch.zeros(3))
     optimizer = DiLoCoOptimizer(
-        dht=dht, run_id=f"diloco-alone-{overlap}", params=[param],
-        inner_optimizer=torch.optim.SGD([param], lr=0.1),
-        settings=DiLoCoSettings(inner_steps=2, outer_lr=1.0, outer_momentum=0.0, compression="none",
-                                overlap=overlap),
+        dht=dht, run_id=f"diloco-alone-{overlap}", params=model.parameters(),
+        inner_optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+        settings=DiLoCoSettings(inner_steps=inner_steps, compression="none", overlap=overlap),
         timeouts=TIMEOUTS, tracker_key=RSAPrivateKey())
     try:
-        for _ in range(4 * 2):
-            param.grad = -torch.ones(3)  # each inner step: +0.1
-            optimizer.step(batch_size=1)
-        assert optimizer.local_epoch == 4
-        rounds_applied = 3 if overlap else 4
-        torch.testing.assert_close(optimizer.outer, torch.full((3,), 0.2 * rounds_applied))
-        torch.testing.assert_close(param.detach(), optimizer.outer)
+        losses = []
+        while optimizer.local_epoch < rounds:
+            x = torch.randn(32, 16, generator=data)
+            loss = ((model(x) - teacher(x)) ** 2).mean()
+            loss.backward()
+            optimizer.step(batch_size=32)
+            losses.append(loss.item())
+        optimizer.finish()
+        x = torch.randn(512, 16, generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            return losses[0], ((model(x) - teacher(x)) ** 2).mean().item()
     finally:
         optimizer.shutdown()
         dht.shutdown()
+
+
+@pytest.mark.timeout(180)
+def test_overlap_converges_like_classic_diloco():
+    """With overlap a round's inner steps start from outer parameters that lack the last round's average, so they
+    re-learn much of it. The pseudo-gradient is therefore taken from the outer parameters after that average is
+    applied; taken from where the round started, both rounds' moves were applied and Nesterov diverged (final loss
+    11x classic's here, simulated; 1.76 -> 37 at H = 100)."""
+    first, classic = train_alone(overlap=False)
+    _, overlapped = train_alone(overlap=True)
+    assert classic < 0.25 * first, (first, classic)
+    assert overlapped < 2 * classic, (classic, overlapped)
 
 
 # How many groupmates' slices the answer-dropping averager below still leaves unanswered. Shared memory: its

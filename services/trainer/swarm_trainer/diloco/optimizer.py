@@ -1,9 +1,9 @@
 """DiLoCoOptimizer: the inner optimizer on every batch, and every `inner_steps` batches one outer round.
 
 A round, on each peer:
-1. pseudo-gradient = outer parameters (where the round started) - local parameters;
-2. (overlap on) the PREVIOUS round's all-reduce, which ran in the background during this round's inner steps, is
+1. (overlap on) the PREVIOUS round's all-reduce, which ran in the background during this round's inner steps, is
    awaited (normally long finished) and its average applied to the outer parameters with the Nesterov rule;
+2. pseudo-gradient = outer parameters (as they now are) - local parameters (see end_round);
 3. this round's pseudo-gradient is handed to the averager, and a background thread waits for the peers still
    training this round (progress tracker), then all-reduces it through hivemind, keyed by the round number;
 4. the local parameters restart from the outer parameters.
@@ -186,12 +186,14 @@ class DiLoCoOptimizer(OuterStateSharing):
     @torch.no_grad()
     def end_round(self) -> None:
         """End the current round now (after H inner steps, or early: no data while the swarm moved on, the end)."""
-        # The pseudo-gradient is measured from where this round started: the outer parameters BEFORE the last
-        # round's average is applied below (measured after it, every round undid part of the one before).
-        delta = flatten(self.params)
-        pseudo_gradient(self.outer, delta, out=delta)
         if self.settings.overlap and self._apply_pending() == RELOADED:
             return  # this peer missed the last round: it restarted from the swarm's state, this round's work is gone
+        # The pseudo-gradient: outer parameters - local ones, both as they are NOW, the late average applied just
+        # above. With overlap this round's inner steps started from outer parameters without the last round's
+        # average, and mostly re-learned what that round moved; measured from where the round started, both rounds'
+        # moves got applied and Nesterov diverged (test_overlap_converges_like_classic_diloco).
+        delta = flatten(self.params)
+        pseudo_gradient(self.outer, delta, out=delta)
         finished_round, weight = self.local_epoch, averaging_weight(self.samples_in_round)
         with self._lock:
             with self.averager.get_tensors() as (buffer,):
