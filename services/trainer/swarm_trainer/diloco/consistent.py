@@ -31,7 +31,7 @@ from swarm.logs import get_logger
 logger = get_logger(__name__)
 
 # Part of the DiLoCo averager's prefix: bump it whenever what goes over the wire changes meaning.
-WIRE_PROTOCOL = "avg3"  # avg3: served states may be "averaging"; overlap pseudo-gradient from the round start
+WIRE_PROTOCOL = "avg3"  # avg3: a served state may be "averaging" (state_sharing.py)
 
 
 def round_trip(tensor: torch.Tensor, compression) -> torch.Tensor:
