@@ -62,6 +62,7 @@ from swarm_trainer.diloco.rounds import (
     group_bits,
     lr_step,
     peers_still_in_round,
+    round_broke,
 )
 from swarm_trainer.diloco.state_sharing import OuterStateSharing
 
@@ -179,8 +180,7 @@ class DiLoCoOptimizer(OuterStateSharing):
         pending = self._pending
         if not self.settings.overlap or pending is None or not pending.done():
             return False
-        outcome = FAILED if pending.exception() is not None else pending.result()
-        return outcome in (FAILED, INCOMPLETE) and self._apply_pending() == RELOADED
+        return round_broke(pending) and self._apply_pending() == RELOADED
 
     # ---- rounds ----------------------------------------------------------------------------------------------
     @torch.no_grad()

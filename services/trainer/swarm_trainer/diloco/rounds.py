@@ -68,3 +68,9 @@ def holds_round_average(*, served_round: int, broken_round: int) -> bool:
     latter would throw round r's training away, on every peer when everyone's all-reduce broke.
     """
     return served_round > broken_round
+
+
+def round_broke(done) -> bool:
+    """Whether a finished round (the done Future of its all-reduce) broke: it raised, or ended FAILED or INCOMPLETE.
+    Such a round's buffer holds this peer's own values (all or in part), never the swarm's average."""
+    return done.exception() is not None or done.result() in (FAILED, INCOMPLETE)

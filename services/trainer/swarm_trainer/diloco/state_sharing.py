@@ -14,7 +14,7 @@ import torch
 from swarm.logs import get_logger
 from swarm_trainer.diloco.compression import BLOCK, block_count
 from swarm_trainer.diloco.outer import unflatten_into
-from swarm_trainer.diloco.rounds import FAILED, INCOMPLETE, holds_round_average
+from swarm_trainer.diloco.rounds import holds_round_average, round_broke
 from swarm_trainer.state_download import download_timeout
 
 logger = get_logger(__name__)
@@ -65,8 +65,7 @@ class OuterStateSharing:
                 pass
         with self._lock:
             pending = self._pending
-            averaging = pending is not None and (not pending.done() or pending.exception() is not None
-                                                 or pending.result() in (FAILED, INCOMPLETE))
+            averaging = pending is not None and (not pending.done() or round_broke(pending))
             with_average = pending is not None and not averaging
             metadata = dict(round=self.local_epoch - int(averaging), numel=self.numel,
                             compression=self.settings.compression, pending=with_average, averaging=averaging)
