@@ -172,20 +172,45 @@ JUDGING = ("clipped", "dropped")
 def match_verdicts(rounds: list[dict], events: dict[str, list[tuple[int, str]]],
                    names_in_group: Callable[[dict], list[str]]) -> list[dict[str, str]]:
     """For each of the bad peer's rounds, {honest name: verdict} of the part verdicts (clipped/dropped) that judged
-    it. Rounds take verdicts in the order given, each the earliest unmatched verdict in its epoch window
-    (EPOCHS_BEFORE/AFTER) from each name in its group (`names_in_group`); a verdict is matched to at most one round,
-    so two neighbouring attack rounds cannot both count it, however wide the window."""
+    it. A verdict counts for a round when its name is in the round's group (`names_in_group`) and its epoch is in the
+    round's window (EPOCHS_BEFORE/AFTER); each verdict counts for at most one round, so two neighbouring attack
+    rounds cannot both count it, however wide the window.
+
+    First a maximum matching gives as many rounds as possible one verdict each (rounds earlier in the given order and
+    verdicts of closer epochs win ties). Greedy first-come matching was wrong: a groupmate that never received one
+    round's part (its reducer got 50% of the parts) had its verdict on the next round taken by the earlier one, which
+    left the next round with none (a CI run). Then every round takes the closest remaining verdict of each other
+    groupmate."""
     remaining = {name: [e for e in found if e[1] in JUDGING] for name, found in events.items()}
-    matched = []
-    for r in rounds:
-        verdicts = {}
-        for name in names_in_group(r):
-            for i, (epoch, verdict) in enumerate(remaining.get(name, [])):
-                if r["epoch"] - EPOCHS_BEFORE <= epoch <= r["epoch"] + EPOCHS_AFTER:
-                    verdicts[name] = verdict
-                    del remaining[name][i]
-                    break
-        matched.append(verdicts)
+
+    def candidates(r: dict, exclude: set[str] = frozenset()) -> list[tuple[str, int]]:
+        found = [(abs(epoch - r["epoch"]), name, i) for name in names_in_group(r) if name not in exclude
+                 for i, (epoch, _) in enumerate(remaining.get(name, []))
+                 if r["epoch"] - EPOCHS_BEFORE <= epoch <= r["epoch"] + EPOCHS_AFTER]
+        return [(name, i) for _, name, i in sorted(found, key=lambda c: c[0])]
+
+    owner: dict[tuple[str, int], int] = {}  # verdict -> the round it counts for
+
+    def assign(k: int, visited: set) -> bool:  # Kuhn's augmenting path
+        for verdict in candidates(rounds[k]):
+            if verdict in visited:
+                continue
+            visited.add(verdict)
+            if verdict not in owner or assign(owner[verdict], visited):
+                owner[verdict] = k
+                return True
+        return False
+
+    for k in range(len(rounds)):
+        assign(k, set())
+    matched: list[dict[str, str]] = [{} for _ in rounds]
+    for (name, i), k in owner.items():
+        matched[k][name] = remaining[name][i][1]
+    for k, r in enumerate(rounds):
+        for name, i in candidates(r, exclude=set(matched[k])):
+            if (name, i) not in owner and name not in matched[k]:
+                owner[(name, i)] = k
+                matched[k][name] = remaining[name][i][1]
     return matched
 
 
