@@ -25,7 +25,8 @@ What the guard does, in the averager's own process (hivemind 1.1.12 runs each av
   by what is left of its weight budget (swarm.trust.budget; the trainer refreshes the file
   `settings.budgets_path` every heartbeat; without fresh budgets only the per-round caps apply).
 - a downloaded state must come from a credentialed peer, be finite, and be within `max_state_distance` x the local
-  norm of the local copy; otherwise the next peer is tried.
+  norm of the local copy; otherwise the next peer is tried (download.py, which also lets the averager turn a state
+  down by its metadata before the tensors come).
 The guarded class keeps its base class's name: hivemind derives RPC handle names from the class name, so guarded and
 plain peers stay wire-compatible (an outsider running plain hivemind reaches our handlers and is refused there).
 """
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import defaultdict
 from typing import AsyncIterator, Optional
@@ -42,28 +42,26 @@ from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.control import AveragingStage  # noqa: F401 - re-exported for subclasses' convenience
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.matchmaking import Matchmaking, MatchmakingException
-from hivemind.compression import deserialize_torch_tensor
 from hivemind.optim import Optimizer
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils import MPFuture, ValueWithExpiration, get_dht_time
-from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
-from hivemind.utils.streaming import combine_from_streaming
+from hivemind.utils import MPFuture, get_dht_time
+from hivemind.utils.asyncio import as_aiter, azip
 
 from swarm.logs import get_logger
 from swarm.trust.admission import AdmissionCache, TrustSettings
 from swarm.trust.budget import BudgetFile, WeightBudgets, WeightLedger
+from swarm.trust.download import GuardedStateDownload
 from swarm.trust.reducer import RobustAllReduceRunner
-from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER, downloaded_state_problem
+from swarm.trust.robust import ACCEPTED, CLIPPED, DROPPED, OUTLIER
 
 logger = get_logger(__name__)
 REFUSED = "refused"
 COUNTERS = (ACCEPTED, CLIPPED, DROPPED, REFUSED)
-DHT_READ_TIMEOUT = 10.0  # seconds for the DHT to list the peers that share their state
 
 
-class AveragerGuard:
+class AveragerGuard(GuardedStateDownload):
     """Mixin placed before a DecentralizedAverager subclass (see `averager_class`). Takes `trust=TrustSettings`."""
 
     def __init__(self, *args, trust: TrustSettings, **kwargs):
@@ -228,69 +226,6 @@ class AveragerGuard:
                     logger.log(logging.WARNING if verdict == DROPPED else logging.INFO,
                                f"{self.prefix}: {verdict} the contribution of {peer} "
                                f"(token {self._trust_tokens.get(peer.to_base58(), 'this peer')!r})")
-
-    # --- state downloads ---
-
-    async def _load_state_from_peers(self, future: MPFuture, timeout: Optional[float] = None):
-        """hivemind's loop over state-sharing peers, best first, keeping only a state that passes `_check_state`."""
-        if timeout is not None:
-            timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
-        try:
-            key_manager = self._matchmaking.group_key_manager
-            try:
-                found, _ = await asyncio.wait_for(
-                    self.dht.get(f"{key_manager.prefix}.all_averagers", latest=True, return_future=True),
-                    timeout=DHT_READ_TIMEOUT) or ({}, None)
-            except asyncio.TimeoutError:
-                logger.warning("no state downloaded: the DHT did not list the peers that share theirs in time")
-                return
-            priority = {PeerID(peer): (float(info.value), random.random()) for peer, info in found.items()
-                        if isinstance(info, ValueWithExpiration) and isinstance(info.value, (float, int))}
-            for peer in sorted(priority, key=priority.get, reverse=True):
-                if peer == self.peer_id:
-                    continue
-                if not await self._admitted(peer):
-                    logger.warning(f"not downloading state from {peer}: it holds no valid credential")
-                    continue
-                try:
-                    metadata, tensors = await self._download_state_from(peer, timeout)
-                except Exception as e:  # noqa: BLE001 - try the next peer, as hivemind does
-                    logger.warning(f"failed to download state from {peer}: {e!r}")
-                    continue
-                problem = "it sent no state" if metadata is None else self._check_state(tensors)
-                if problem:
-                    self._count(peer, DROPPED)
-                    self._ban(peer)
-                    logger.warning(f"refused the state downloaded from {peer}: {problem}; trying another peer")
-                    continue
-                future.set_result((metadata, tensors))
-                return
-        finally:
-            if not future.done():
-                future.set_result(None)
-
-    async def _download_state_from(self, peer: PeerID, timeout: Optional[float]):
-        started = time.monotonic()
-        stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
-        stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
-        metadata, parts, tensors = None, [], []
-        async for message in aiter_with_timeout(stream, timeout=timeout):
-            if message.metadata:
-                metadata = self.serializer.loads(message.metadata)
-            if message.tensor_part.dtype and parts:
-                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-                parts = []
-            parts.append(message.tensor_part)
-        if parts:
-            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-        logger.info(f"downloaded state from {peer} in {time.monotonic() - started:.2f}s")
-        return metadata, tensors
-
-    def _check_state(self, tensors) -> str | None:
-        # An averager whose state is not its averaged tensors (DiLoCo's: it averages pseudo-gradients and serves the
-        # outer parameters) names what a state compares with in state_reference().
-        reference = self.state_reference() if hasattr(self, "state_reference") else self._averaged_tensors
-        return downloaded_state_problem(tensors, reference, max_distance=self._trust.max_state_distance)
 
 
 class GuardedMatchmaking(Matchmaking):
