@@ -7,7 +7,9 @@ one seam where such wrappers are applied.
 
 What it serves to `load_state_from_peers` is not its averaged buffer but the outer state (outer parameters, outer
 momentum, and the result of an all-reduce still waiting to be applied), supplied by the optimizer through
-`state_source`: hivemind calls `get_current_state` in a thread of this (the host) process.
+`state_source`: hivemind calls `get_current_state` in a thread of this (the host) process. Which served states a
+download takes (`state_check`, `require_round`) is decided in the averager's own process, while it downloads, so
+the trust layer's loop over peers can turn one down and try the next (swarm/trust/download.py).
 
 Its all-reduce answers with averages rather than differences (consistent.py), so the outer parameters stay identical
 on every peer with fp16/int8 on the wire; `allreduce_runner_class` is the hook the trust layer's guard builds its
@@ -16,7 +18,7 @@ runner through.
 from __future__ import annotations
 
 import multiprocessing
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from hivemind.averaging import DecentralizedAverager
@@ -25,6 +27,7 @@ from hivemind.averaging.allreduce import AllReduceRunner
 from swarm.logs import get_logger
 from swarm.trust.guard import apply_allreduce
 from swarm_trainer.diloco.consistent import runner_class
+from swarm_trainer.diloco.rounds import holds_round_average
 
 logger = get_logger(__name__)
 
@@ -43,9 +46,14 @@ class PseudoGradientAverager(DecentralizedAverager):
 
     def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *,
                  state_source: Callable[[], tuple[dict, list[torch.Tensor]]],
-                 reference_tensors: Sequence[torch.Tensor] = (), **kwargs):
+                 reference_tensors: Sequence[torch.Tensor] = (),
+                 state_check: Callable[[Any, list[torch.Tensor]], str | None] | None = None, **kwargs):
         # Set before the base class starts its state-serving thread, which may call get_current_state at once.
         self._state_source = state_source
+        self._state_check = state_check
+        # The round whose average a downloaded state must hold (-1: any), set by the host around a download and read
+        # in the averager's process: shared memory created before the fork.
+        self._required_round = multiprocessing.Value("q", -1, lock=False)
         # The share of the last all-reduce's average that never arrived (see missing_share): written in the
         # averager's own process, read by the optimizer in the host, so shared memory created before the fork.
         self._missing_share = multiprocessing.Value("d", 0.0, lock=False)
@@ -99,10 +107,31 @@ class PseudoGradientAverager(DecentralizedAverager):
         """What a downloaded state is checked against (the trust layer's distance check)."""
         return self._reference_tensors
 
+    def require_round(self, broken_round: int | None) -> None:
+        """Until called with None: take only a served state that holds the average of `broken_round` (this peer's
+        all-reduce of it broke; see rounds.holds_round_average)."""
+        self._required_round.value = -1 if broken_round is None else broken_round
+
+    def state_metadata_problem(self, metadata) -> str | None:
+        """Why a served state is not wanted, told by its metadata alone (the trust layer stops the download there,
+        before megabytes of tensors, and asks the next peer), or None."""
+        broken = self._required_round.value
+        if broken < 0:
+            return None
+        served = metadata.get("round") if isinstance(metadata, dict) else None
+        if not isinstance(served, int) or not holds_round_average(served_round=served, broken_round=broken):
+            return f"it serves round {served!r}, without round {broken}'s average (its all-reduce broke there too)"
+        return None
+
+    def state_problem(self, metadata, tensors: list[torch.Tensor]) -> str | None:
+        """Why a downloaded state cannot be used (wrong shapes, e.g. a stream cut off part-way), or None."""
+        return self._state_check(metadata, tensors) if self._state_check is not None else None
+
 
 def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, reference_tensors, compression,
                    client_mode: bool, matchmaking_time: float, averaging_timeout: float, initial_group_bits: str,
-                   averager_class: type | None = None, extra_kwargs: dict | None = None) -> PseudoGradientAverager:
+                   state_check=None, averager_class: type | None = None,
+                   extra_kwargs: dict | None = None) -> PseudoGradientAverager:
     """Start the averager (it forks a process: call it from the main thread).
 
     `averager_class` / `extra_kwargs` are where the backend factory puts the trust layer's guarded class and its
@@ -112,7 +141,8 @@ def build_averager(*, buffer: torch.Tensor, dht, prefix: str, state_source, refe
 
     cls = averager_class or PseudoGradientAverager
     return cls(
-        [buffer], dht, state_source=state_source, reference_tensors=reference_tensors, prefix=prefix, start=True,
+        [buffer], dht, state_source=state_source, reference_tensors=reference_tensors, state_check=state_check,
+        prefix=prefix, start=True,
         compression=compression,
         # Joiners get the outer state exactly: fp16 would round the outer parameters away from the swarm's.
         state_compression=NoCompression(),

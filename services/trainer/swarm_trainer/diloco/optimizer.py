@@ -140,7 +140,8 @@ class DiLoCoOptimizer(OuterStateSharing):
             buffer=buffer, dht=dht, prefix=self.prefix, state_source=self._served_state, reference_tensors=[self.outer],
             compression=wire_compression(settings.compression), client_mode=client_mode,
             matchmaking_time=timeouts.matchmaking, averaging_timeout=timeouts.averaging,
-            initial_group_bits=group_bits(0), averager_class=averager_class, extra_kwargs=averager_kwargs)
+            initial_group_bits=group_bits(0), state_check=self._served_state_check(),
+            averager_class=averager_class, extra_kwargs=averager_kwargs)
         # Epochs here are rounds; "samples" reported to the tracker are inner steps, so the swarm's progress reads
         # as steps toward the next round.
         # tracker_key: the RSA key that signs this peer's progress record; None is the process-wide key (one peer

@@ -8,6 +8,7 @@ downloader restarts that round and ends it at its next step, so it joins the run
 from __future__ import annotations
 
 from concurrent.futures import Future
+from functools import partial
 
 import torch
 
@@ -48,6 +49,11 @@ def served_state_problem(metadata, tensors, *, numel: int, compression: str,
 
 
 class OuterStateSharing:
+    def _served_state_check(self):
+        """served_state_problem for this peer's outer state (picklable: the averager's process calls it too)."""
+        return partial(served_state_problem, numel=self.numel, compression=self.settings.compression,
+                       blocks=(self.k_blocks, block_count(self.numel)) if self.topk else None)
+
     def _served_state(self) -> tuple[dict, list[torch.Tensor]]:
         """(metadata, tensors) a joiner downloads: round, outer parameters, momentum, and an average waiting to be
         applied (the joiner applies it at its next round end, exactly like the peers that computed it).
@@ -92,19 +98,23 @@ class OuterStateSharing:
         # The whole download must fit in the timeout (hivemind restarts one that outlives it from scratch): outer
         # parameters, momentum and a pending average, fp32, over a slow home link.
         timeout = download_timeout(configured=self.timeouts.load_state, state_size=3 * 4 * self.numel)
-        with self._pipe_lock:
-            download = self.averager.load_state_from_peers(wait=False, timeout=timeout)
+        # With the trust layer, the averager's own loop turns down a state without that round by its metadata, and
+        # asks the next peer (one may hold the average); the checks below stay for an unguarded averager.
+        self.averager.require_round(with_round)
         try:
+            with self._pipe_lock:
+                download = self.averager.load_state_from_peers(wait=False, timeout=timeout)
             loaded = download.result(timeout=timeout + 5)
         except Exception as e:  # noqa: BLE001 - a failed download keeps this peer's own state
             logger.warning(f"DiLoCo: downloading the outer state failed ({e!r}); keeping this peer's own")
             return False
+        finally:
+            self.averager.require_round(None)
         if loaded is None:
             logger.warning("DiLoCo: no peer could serve its state; keeping this peer's own")
             return False
         metadata, tensors = loaded
-        problem = served_state_problem(metadata, tensors, numel=self.numel, compression=self.settings.compression,
-                                       blocks=(self.k_blocks, block_count(self.numel)) if self.topk else None)
+        problem = self._served_state_check()(metadata, tensors)
         if problem:
             logger.warning(f"DiLoCo: a peer served an unusable state ({problem}); keeping this peer's own")
             return False
