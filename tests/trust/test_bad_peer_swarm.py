@@ -10,9 +10,10 @@ What runs (five separate swarms, one per attack plus a baseline, do not fit the 
   refused at the door (counted "refused") rather than dropped after reading. Once the four attacks are sent, its token
   is revoked (credential lifetime shortened to CREDENTIAL_LIFETIME) and the honest peers finish the run.
 Checked: every honest peer's final parameters are finite and its loss (fixed images, noise and timesteps) is at most
-10% above the baseline's (one-sided: run-to-run noise alone was 13% in one direction here); each attack kind was
-dropped or clipped by the honest peers (the Inf round: dropped, or refused while banned), and every poisoned round
-the bad peer saw complete with an honest groupmate was judged by it; the coordinator's per-token contributions (what
+10% above the baseline's (one-sided: run-to-run noise alone was 13% in one direction here); each attack kind it
+sent (at least one finite kind: a slow bad trainer on a loaded machine may be revoked before the rest) was dropped or
+clipped by the honest peers (the Inf round: dropped, or refused while banned), and every poisoned round the bad peer
+saw complete with an honest groupmate was judged by it; the coordinator's per-token contributions (what
 `swarm status` shows) count the drops; after the revocation the bad peer's leases are released at once, it takes part
 in no round after one credential lifetime, and the honest peers finish the run together.
 """
@@ -170,9 +171,12 @@ def test_each_attack_kind_was_dropped_or_clipped_by_the_honest_peers(runs):
     attacked, bad_id = runs["attacked"], runs["bad_peer_id"]
     rounds = [r for r in attack_rounds(attacked.attack_log("bad")) if r["attack"] != "none"]
     sent = {r["attack"] for r in rounds}
-    # The run may end (revocation at REVOKE_AT_SHARE) before the last kinds: a loaded machine gives fewer rounds.
-    # The finite kinds come first and must have been sent; the non-finite ones are checked when they were.
-    assert {"x1e6", "flip_x10"} <= sent, rounds
+    # The run may end (revocation at REVOKE_AT_SHARE or REVOKE_AT_LAST) before the last kinds: a loaded machine gives
+    # fewer rounds. The finite kinds come first; at least one must have been sent, and each kind is checked when it
+    # was. (A local run: 7 trainers on 2 cores, the bad trainer needed ~40 s for one 2-image chunk while two honest
+    # ones trained a chunk every ~2 s, fell out of sync twice, and reached a round only at epoch 5 of 9: it sent
+    # x1e6 (clipped) and was revoked at REVOKE_AT_LAST. The averager-level test sends all four kinds every time.)
+    assert sent & {"x1e6", "flip_x10"}, rounds
     honest_ids = {attacked.summary(name)["peer_id"]: name for name in HONEST}
     events = {name: verdict_events(attacked.workdir / "logs" / f"{name}.log", bad_id) for name in HONEST}
 
@@ -199,7 +203,7 @@ def test_each_attack_kind_was_dropped_or_clipped_by_the_honest_peers(runs):
         assert "dropped" in seen["nan"] | seen["inf"] or refused > 0, (seen, runs["progress"].contributions)
     if "inf" in sent and "nan" in sent:
         assert "dropped" in seen["nan"] | seen["inf"] and ("dropped" in seen["nan"] & seen["inf"] or refused > 0), seen
-    unjudged = [attack for attack in ("x1e6", "flip_x10") if not seen[attack] & {"dropped", "clipped"}]
+    unjudged = [attack for attack in sorted({"x1e6", "flip_x10"} & sent) if not seen[attack] & {"dropped", "clipped"}]
     assert not unjudged, (unjudged, seen, rounds)
 
 
@@ -210,8 +214,10 @@ def test_swarm_status_counts_the_bad_tokens_rejected_contributions(runs):
         for verdict in row:
             row[verdict] += getattr(c, verdict)
     bad = by_token.get("bad")
-    # x1e6 (an outlier in groups of 3+, clipped in a pair) and flip x10 at least; NaN/Inf are dropped or refused.
-    assert bad is not None and bad["dropped"] + bad["clipped"] + bad["refused"] >= 2, by_token
+    # x1e6 (an outlier in groups of 3+, clipped in a pair) and flip x10 at least, when both were sent (see the test
+    # above); NaN/Inf are dropped or refused.
+    sent = {r["attack"] for r in attack_rounds(runs["attacked"].attack_log("bad")) if r["attack"] != "none"}
+    assert bad is not None and bad["dropped"] + bad["clipped"] + bad["refused"] >= min(2, len(sent)), by_token
 
 
 def test_a_revoked_peer_loses_its_leases_at_once_and_is_out_of_averaging_within_one_credential_lifetime(runs):
