@@ -6,8 +6,9 @@ Each peer's answer ends in one of four ways:
   is not held against it.
 - a state the averager does not want, told by its metadata (`state_metadata_problem`, checked on the first
   message): the download stops there, before the tensors. Next peer; an honest peer may serve an older state.
-- a state the averager cannot use (`state_problem`: wrong shapes or count, e.g. a stream cut off part-way; libp2p
-  ends a stream whose connection closed as if it were complete). Next peer, not held against it either.
+- a state the averager cannot use (`state_problem`: wrong shapes or count, e.g. a stream cut off part-way:
+  hivemind's stream reader ends a stream whose connection closed as if it were complete). Next peer, not held
+  against it either.
 - a poisoned state: non-finite, or absurdly far from the local copy (robust.downloaded_state_problem). Counted as
   dropped, and the peer is banned for `ban_s`. Next peer.
 
