@@ -15,7 +15,7 @@ import torch
 from swarm.logs import get_logger
 from swarm_trainer.diloco.compression import BLOCK, block_count
 from swarm_trainer.diloco.outer import unflatten_into
-from swarm_trainer.diloco.rounds import holds_round_average, round_broke
+from swarm_trainer.diloco.rounds import round_broke
 from swarm_trainer.state_download import download_timeout
 
 logger = get_logger(__name__)
@@ -99,12 +99,15 @@ class OuterStateSharing:
         # parameters, momentum and a pending average, fp32, over a slow home link.
         timeout = download_timeout(configured=self.timeouts.load_state, state_size=3 * 4 * self.numel)
         # With the trust layer, the averager's own loop turns down a state without that round by its metadata, and
-        # asks the next peer (one may hold the average); the checks below stay for an unguarded averager.
+        # asks the next peer (one may hold the average). The same checks run here again: an averager without the
+        # trust layer hands over the first state served.
         self.averager.require_round(with_round)
         try:
             with self._pipe_lock:
                 download = self.averager.load_state_from_peers(wait=False, timeout=timeout)
             loaded = download.result(timeout=timeout + 5)
+            problem = loaded is not None and (self.averager.state_problem(*loaded)
+                                              or self.averager.state_metadata_problem(loaded[0]))
         except Exception as e:  # noqa: BLE001 - a failed download keeps this peer's own state
             logger.warning(f"DiLoCo: downloading the outer state failed ({e!r}); keeping this peer's own")
             return False
@@ -113,15 +116,10 @@ class OuterStateSharing:
         if loaded is None:
             logger.warning("DiLoCo: no peer could serve its state; keeping this peer's own")
             return False
-        metadata, tensors = loaded
-        problem = self._served_state_check()(metadata, tensors)
         if problem:
-            logger.warning(f"DiLoCo: a peer served an unusable state ({problem}); keeping this peer's own")
+            logger.warning(f"DiLoCo: not using the state a peer served ({problem}); keeping this peer's own")
             return False
-        if with_round is not None and not holds_round_average(served_round=metadata["round"], broken_round=with_round):
-            logger.warning(f"DiLoCo: the most advanced peer serves the state of round {metadata['round']}, without "
-                           f"round {with_round}'s average (its all-reduce broke there too); keeping this peer's own")
-            return False
+        metadata, tensors = loaded
         with self._lock:
             self.outer.copy_(tensors[0])
             self.momentum.copy_(tensors[1])
